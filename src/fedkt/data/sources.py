@@ -1,0 +1,151 @@
+"""Rows from the Hugging Face Hub or from local JSONL files in the hub row schema.
+
+Local layout: ``<data_dir>/<hub id with "/" -> "__">/<config or "default">/<split>.jsonl``.
+Local files are parsed here line by line rather than through ``datasets``: it is faster for a
+few thousand rows and lets every error name the exact file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fedkt.data.example import Example
+from fedkt.data.tasks import RowError, TaskSpec, get_task
+from fedkt.errors import DataError
+
+DATA_DIR_ENV = "FEDKT_DATA_DIR"
+
+Located = tuple[str, dict[str, Any]]
+"""A row and where it came from ("file.jsonl line 7" or "hub ... row 6"), for error messages."""
+
+
+def resolve_data_dir(explicit: str | Path | None = None) -> Path | None:
+    """`explicit` > ``$FEDKT_DATA_DIR`` > None, where None means "load from the hub"."""
+    chosen = explicit if explicit is not None else os.environ.get(DATA_DIR_ENV) or None
+    return None if chosen is None else Path(chosen).expanduser()
+
+
+def local_path(spec: TaskSpec, split: str, data_dir: Path) -> Path:
+    """Where `split` of `spec` lives under `data_dir` (see the module docstring)."""
+    return (
+        data_dir
+        / spec.hub_id.replace("/", "__")
+        / (spec.hub_config or "default")
+        / f"{split}.jsonl"
+    )
+
+
+def load_rows(
+    task: str | TaskSpec, split: str, data_dir: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """The raw rows of one split, each checked to have the task's fields."""
+    return [row for _, row in _located_rows(_spec(task), split, data_dir)]
+
+
+def load_examples(
+    task: str | TaskSpec,
+    split: str,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+) -> list[Example]:
+    """The first `limit` rows (all when None) of one split as `Example`s.
+
+    Rows without an ``id`` field get ``f"{task}-{split}-{row index}"``: the index is the row's
+    position in the split, which is the same on the hub and in the local files.
+    """
+    spec = _spec(task)
+    examples: list[Example] = []
+    for index, (where, row) in enumerate(_located_rows(spec, split, data_dir)[:limit]):
+        try:
+            example = spec.to_example(row)
+        except RowError as err:
+            raise DataError(f"{where}: {err}; fix or remove this row") from err
+        examples.append(
+            example if example.id else replace(example, id=f"{spec.name}-{split}-{index}")
+        )
+    return examples
+
+
+def _spec(task: str | TaskSpec) -> TaskSpec:
+    return task if isinstance(task, TaskSpec) else get_task(task)
+
+
+def _located_rows(spec: TaskSpec, split: str, data_dir: str | Path | None) -> list[Located]:
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        located = _hub_rows(spec, split)
+    else:
+        located = _read_jsonl(_existing_file(spec, split, root, explicit=data_dir is not None))
+    for where, row in located:
+        missing = [field for field in spec.fields if field not in row]
+        if missing:
+            raise DataError(
+                f"{where}: row has no field {missing[0]!r} (task {spec.name} needs "
+                f"{', '.join(spec.fields)}; the row has {', '.join(row) or 'none'})"
+            )
+    return located
+
+
+def _existing_file(spec: TaskSpec, split: str, root: Path, *, explicit: bool) -> Path:
+    path = local_path(spec, split, root)
+    if path.is_file():
+        return path
+    present = sorted(p.stem for p in path.parent.glob("*.jsonl"))
+    layout = "<dir>/<hub id with '/' -> '__'>/<config or 'default'>/<split>.jsonl"
+    if explicit:
+        fix = (
+            f"pass a data_dir laid out as {layout}, or None (with {DATA_DIR_ENV} unset) for the hub"
+        )
+    else:
+        fix = (
+            f"{DATA_DIR_ENV}={root} chose this folder: point it at {layout} or unset it for the hub"
+        )
+    raise DataError(
+        f"no file {path} for split {split!r} of task {spec.name} "
+        f"(splits there: {', '.join(present) or 'none'}); {fix}"
+    )
+
+
+def _read_jsonl(path: Path) -> list[Located]:
+    """Parse one JSON object per line; blank lines are skipped, line numbers stay true."""
+    located: list[Located] = []
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    located.append(_parse_line(path, number, line))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 ({err}); re-save it as UTF-8 JSON Lines") from err
+    return located
+
+
+def _parse_line(path: Path, number: int, line: str) -> Located:
+    where = f"{path} line {number}"
+    try:
+        row = json.loads(line.rstrip("\n"))  # keeps the error column on this line
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from err
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected one JSON object per line, got {type(row).__name__}")
+    return where, row
+
+
+def _hub_rows(spec: TaskSpec, split: str) -> list[Located]:
+    import datasets  # deferred: importing datasets costs ~1 s that local loading never needs
+
+    name = f"{spec.hub_id} ({spec.hub_config or 'default'}) split {split!r}"
+    try:
+        rows = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split).to_list()
+    # datasets raises many unrelated types here (offline, unknown split, auth, ...); all of
+    # them get the same advice.
+    except Exception as err:
+        raise DataError(
+            f"could not load {name} from the Hugging Face Hub: {err}. To use local files, set "
+            f"{DATA_DIR_ENV} (or pass data_dir) to a folder holding "
+            f"{local_path(spec, split, Path('<dir>'))}"
+        ) from err
+    return [(f"hub {name} row {index}", row) for index, row in enumerate(rows)]
