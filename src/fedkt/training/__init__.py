@@ -1,1 +1,17 @@
-"""fedkt.training"""
+"""fedkt.training: answer-only batches, CE and KD losses, and the fine-tuning loop."""
+
+from fedkt.training.batching import IGNORE_INDEX, collate, encode_answer_only
+from fedkt.training.loop import TrainReport, TrainSettings, train_answer_only
+from fedkt.training.losses import answer_cross_entropy, answer_positions, kd_loss
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TrainReport",
+    "TrainSettings",
+    "answer_cross_entropy",
+    "answer_positions",
+    "collate",
+    "encode_answer_only",
+    "kd_loss",
+    "train_answer_only",
+]

@@ -1,0 +1,275 @@
+"""The answer-only fine-tuning loop: AdamW, linear warmup + cosine decay, clipping, bf16.
+
+One loop for LoRA (`peft.PeftModel`) and full fine-tuning alike: the optimiser sees only the
+parameters that require grad. Defaults are FedCoLLM's (arXiv 2411.11707, with the FedMKT
+appendix): lr 3e-4 (small SLM), batch 4, AdamW betas (0.9, 0.95), weight decay 0.1, warmup
+0.8 %, cosine schedule, clip 1.0, max length 512.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup, set_seed
+
+from fedkt.data import Example
+from fedkt.errors import ConfigError, DataError, ModelError
+from fedkt.training.batching import collate, encode_answer_only
+from fedkt.training.losses import answer_cross_entropy, answer_positions
+
+Batch = dict[str, torch.Tensor]
+_MEGABATCH = 50  # length grouping sorts within windows of 50 batches, like HF's sampler
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyperparameters of `train_answer_only`.
+
+    Args:
+        epochs: passes over the examples.
+        lr: peak learning rate (FedCoLLM: 3e-4 for a small SLM, 3e-5 for the LLM).
+        batch_size: sequences per forward pass.
+        grad_accum: forward passes per optimiser step.
+        warmup_ratio: share of the optimiser steps spent in linear warmup (ceil, as HF).
+        weight_decay: AdamW decay, applied to matrices only (not to norms or biases).
+        betas: AdamW betas.
+        max_grad_norm: global L2 norm the gradients are clipped to.
+        max_length: tokens per sequence; longer contexts are cut from the left.
+        seed: seeds dropout and the shuffling of the examples.
+        max_steps: stop after this many optimiser steps (None: run all epochs).
+        group_by_length: batch sequences of similar length (less padding, faster on CPU);
+            batches are still drawn in a seeded random order.
+    """
+
+    epochs: int = 1
+    lr: float = 3e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup_ratio: float = 0.008
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    seed: int = 0
+    max_steps: int | None = None
+    group_by_length: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "lr": self.lr > 0,
+            "batch_size": self.batch_size >= 1,
+            "grad_accum": self.grad_accum >= 1,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "max_grad_norm": self.max_grad_norm > 0,
+            "max_length": self.max_length >= 2,
+            "max_steps": self.max_steps is None or self.max_steps >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise ConfigError(
+                f"TrainSettings: out of range: {values}. Need epochs, batch_size, grad_accum, "
+                "max_steps >= 1; lr, max_grad_norm > 0; 0 <= warmup_ratio < 1; "
+                "weight_decay >= 0; betas two values in [0, 1); max_length >= 2."
+            )
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What one `train_answer_only` call did; `losses` holds one mean loss per optimiser step."""
+
+    steps: int
+    tokens: int  # non-pad tokens seen by forward passes
+    answer_tokens: int  # tokens the loss was computed on
+    seconds: float
+    tokens_per_s: float
+    losses: list[float]
+
+    @property
+    def first_loss(self) -> float:
+        return self.losses[0] if self.losses else math.nan
+
+    @property
+    def last_loss(self) -> float:
+        return self.losses[-1] if self.losses else math.nan
+
+
+def train_answer_only(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    settings: TrainSettings,
+    *,
+    progress: bool = True,
+) -> TrainReport:
+    """Fine-tune `model` in place on the answers of `examples` (cross-entropy on answer + EOS).
+
+    Only parameters with `requires_grad` are optimised, so a LoRA model trains its adapter and
+    nothing else. Runs under bf16 autocast when the model is fp32 on a device with native bf16
+    (fp32 master weights, mixed-precision compute); a bf16 model runs as it is. Seeds torch,
+    numpy and random with `transformers.set_seed` (dropout, as the HF Trainer does) and shuffles
+    with its own seeded generator. Leaves the model in eval mode.
+    """
+    if not examples:
+        raise DataError("train_answer_only got no examples; pass at least one Example.")
+    if tokenizer.pad_token_id is None:
+        raise ModelError(
+            f"tokenizer {tokenizer.name_or_path!r} has no pad token; set one "
+            "(fedkt.models.load_tokenizer always does) before training."
+        )
+    set_seed(settings.seed)
+    encoded = [
+        encode_answer_only(tokenizer, *ex.training_pair(), settings.max_length) for ex in examples
+    ]
+    total_steps = _total_steps(len(encoded), settings)
+    optimizer = _adamw(model, settings)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(settings.warmup_ratio * total_steps), total_steps
+    )
+    device = next(model.parameters()).device
+    autocast = _autocast(model, device)
+    losses: list[float] = []
+    tokens = answer_tokens = 0
+    start = time.perf_counter()
+    model.train()
+    try:
+        with tqdm(total=total_steps, desc="train", disable=not progress) as bar:
+            for group in _step_groups(encoded, settings, tokenizer.pad_token_id, total_steps):
+                batches = [{k: v.to(device) for k, v in b.items()} for b in group]
+                losses.append(_train_step(model, batches, optimizer, settings, autocast))
+                scheduler.step()
+                tokens += sum(int(b["attention_mask"].sum()) for b in batches)
+                answer_tokens += sum(int(answer_positions(b["labels"]).sum()) for b in batches)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                bar.update()
+    finally:
+        model.eval()
+    seconds = time.perf_counter() - start
+    return TrainReport(
+        steps=len(losses),
+        tokens=tokens,
+        answer_tokens=answer_tokens,
+        seconds=seconds,
+        tokens_per_s=tokens / seconds if seconds > 0 else 0.0,
+        losses=losses,
+    )
+
+
+def _total_steps(n_examples: int, settings: TrainSettings) -> int:
+    """Optimiser steps of the run: whole epochs, a last partial accumulation group included."""
+    per_epoch = math.ceil(math.ceil(n_examples / settings.batch_size) / settings.grad_accum)
+    total = per_epoch * settings.epochs
+    return total if settings.max_steps is None else min(total, settings.max_steps)
+
+
+def _train_step(
+    model: nn.Module,
+    batches: list[Batch],
+    optimizer: torch.optim.Optimizer,
+    settings: TrainSettings,
+    autocast: contextlib.AbstractContextManager[None],
+) -> float:
+    """One optimiser step over `batches` (gradient accumulation); returns their mean loss.
+
+    Each forward pass contributes its mean answer-token loss / len(batches). Labels are not
+    passed to the model: `answer_cross_entropy` does the shift and the answer-token mean.
+    Only the forward pass runs under autocast; backward follows the forward's dtypes.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for batch in batches:
+        with autocast:
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+            ).logits
+            loss = answer_cross_entropy(logits, batch["labels"]) / len(batches)
+        loss.backward()
+        total += loss.item()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+    optimizer.step()
+    return total
+
+
+def _adamw(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; matrices decay, vectors (norms, biases) do not."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ModelError(
+            "train_answer_only: the model has no trainable parameters; add a LoRA adapter "
+            "(fedkt.models.add_lora) or unfreeze the weights to fine-tune."
+        )
+    groups = [
+        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": settings.weight_decay},
+        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=settings.lr, betas=settings.betas
+    )
+
+
+def _step_groups(
+    encoded: list[dict[str, list[int]]], settings: TrainSettings, pad_id: int, total_steps: int
+) -> Iterator[list[Batch]]:
+    """Yield the padded batches of each optimiser step, epoch after epoch, `total_steps` in all."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    lengths = [len(item["input_ids"]) for item in encoded]
+    steps = 0
+    for _ in range(settings.epochs):
+        order = _epoch_batches(lengths, settings, generator)
+        for start in range(0, len(order), settings.grad_accum):
+            if steps == total_steps:
+                return
+            chunk = order[start : start + settings.grad_accum]
+            yield [collate([encoded[i] for i in batch], pad_id) for batch in chunk]
+            steps += 1
+
+
+def _epoch_batches(
+    lengths: list[int], settings: TrainSettings, generator: torch.Generator
+) -> list[list[int]]:
+    """Index batches for one epoch: a seeded shuffle, optionally grouped by length.
+
+    Grouping sorts each window of `_MEGABATCH` batches by length before cutting it into batches
+    (so similar lengths share a batch), then shuffles the batch order again.
+    """
+    size = settings.batch_size
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    if not settings.group_by_length:
+        return [order[i : i + size] for i in range(0, len(order), size)]
+    window = size * _MEGABATCH
+    batches: list[list[int]] = []
+    for w in range(0, len(order), window):
+        ranked = sorted(order[w : w + window], key=lambda i: lengths[i], reverse=True)
+        batches += [ranked[i : i + size] for i in range(0, len(ranked), size)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
+
+
+def _autocast(model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast for an fp32 model on a device with native bf16, else a no-op."""
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    if dtype == torch.float32 and _native_bf16(device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        # No public CPU query exists; this is the check torch's own oneDNN bf16 paths use.
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
