@@ -6,12 +6,16 @@ Nothing here touches the network or the embedded GGUF, so the suite stays fast a
 from __future__ import annotations
 
 import os
+
+# Before transformers/huggingface_hub are imported: they read these once, at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 # Tiny models run faster on one thread, and the suite shares 2 cores with nothing to gain.
@@ -99,4 +103,3 @@ def _offline_and_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     """Never reach a hub; keep caches per test."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("FEDKT_CACHE_DIR", str(tmp_path / "fedkt-cache"))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,213 @@
+"""Typed configuration: frozen dataclasses, loaded from one TOML file in exactly one place.
+
+Every section is a frozen dataclass whose fields carry defaults and help text; the libraries own
+their own settings (`TrainSettings`, `LoraSettings`) and this module only composes them. Loading
+is strict: an unknown key (a typo) or a value of the wrong type is a `ConfigError` naming the
+file, the dotted key and what was expected, so a run never starts on a silently ignored setting.
+
+Example (configs/quickstart.toml)::
+
+    output_dir = "runs/quickstart"
+
+    [model]
+    name = "smollm2-135m"
+
+    [data]
+    tasks = ["ag_news", "arc_easy"]
+    split = "validation"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from fedkt.errors import ConfigError
+from fedkt.models import LoraSettings
+from fedkt.training import TrainSettings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to load and where.
+
+    Args:
+        name: the embedded ``smollm2-135m``, a truncated student ``smollm2-135m@layers=8``,
+            a local directory or a Hugging Face hub id.
+        dtype: ``auto`` (bf16 where the device supports it) or float32/bfloat16/float16.
+        device: ``auto`` (CUDA when present) or a torch device string.
+    """
+
+    name: str = "smollm2-135m"
+    dtype: str = "auto"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which tasks and rows.
+
+    Args:
+        dir: local data directory laid out like ../shared/data; empty means $FEDKT_DATA_DIR,
+            and when that is unset too, the Hugging Face hub.
+        tasks: task names (arc_easy, arc_challenge, openbookqa, commonsense_qa, gsm8k, ag_news).
+        split: split to evaluate on.
+        limit: use only the first N rows of each split (0 = all).
+        train_limit: use only the first N training rows when fine-tuning (0 = all).
+    """
+
+    dir: str = ""
+    tasks: tuple[str, ...] = ("arc_easy",)
+    split: str = "validation"
+    limit: int = 0
+    train_limit: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError("data.tasks is empty: name at least one task, e.g. ['arc_easy']")
+        if self.limit < 0 or self.train_limit < 0:
+            raise ConfigError("data.limit and data.train_limit must be >= 0 (0 means all rows)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate.
+
+    Args:
+        models: models to compare side by side; empty means just ``model.name``.
+        batch_size: sequences per forward pass.
+        max_new_tokens: generation budget for generative tasks (GSM8K).
+    """
+
+    models: tuple[str, ...] = ()
+    batch_size: int = 16
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("eval.batch_size and eval.max_new_tokens must be at least 1")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Standalone / centralized fine-tuning (the baselines' local step).
+
+    Args:
+        method: ``lora`` (adapters only, peft) or ``full`` (every weight).
+    """
+
+    method: Literal["lora", "full"] = "lora"
+
+
+@dataclass(frozen=True)
+class FedktConfig:
+    """The whole run: one of these per TOML file."""
+
+    output_dir: str = "runs/default"
+    cache_dir: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+def load_config(path: str | Path) -> FedktConfig:
+    """Read `path` (TOML) into a `FedktConfig`; the only place TOML is parsed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: pass the path of a TOML file")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from err
+    return build_config(raw, source=str(path))
+
+
+def build_config(raw: dict[str, Any], source: str = "<dict>") -> FedktConfig:
+    """Turn a parsed TOML table into a `FedktConfig`, checking every key and type."""
+    return _build(FedktConfig, raw, source, prefix="")
+
+
+def with_overrides(config: T, **changes: Any) -> T:
+    """A copy of a config section with some fields replaced (CLI flags over the file)."""
+    kept = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(config, **kept)  # type: ignore[type-var]
+
+
+def _build(cls: type[T], raw: dict[str, Any], source: str, prefix: str) -> T:
+    """Recursively build dataclass `cls` from `raw`, refusing unknown keys and wrong types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [{prefix.rstrip('.')}] must be a table")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(_unknown_key_message(source, prefix + key, key, names))
+        kwargs[key] = _coerce(hints[key], value, source, prefix + key)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from err
+
+
+def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
+    """Check `value` against the type `hint`, converting TOML lists to tuples."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, prefix=key + ".")  # type: ignore[arg-type]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(option, value, source, key)
+            except ConfigError:
+                continue
+        raise _type_error(source, key, hint, value)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key} = {value!r} must be one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise _type_error(source, key, hint, value)
+        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise _type_error(source, key, hint, value)
+        return tuple(_coerce(t, v, source, key) for t, v in zip(item_types, value, strict=True))
+    return _coerce_scalar(hint, value, source, key)
+
+
+def _coerce_scalar(hint: Any, value: Any, source: str, key: str) -> Any:
+    if hint is type(None):
+        if value is not None:
+            raise _type_error(source, key, hint, value)
+        return None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        raise _type_error(source, key, hint, value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise _type_error(source, key, hint, value)
+    return value
+
+
+def _type_error(source: str, key: str, hint: Any, value: Any) -> ConfigError:
+    expected = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    return ConfigError(f"{source}: {key} = {value!r} has the wrong type; expected {expected}")
+
+
+def _unknown_key_message(source: str, dotted: str, key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(names)}"
+    return f"{source}: unknown setting {dotted!r}; {hint}"
