@@ -25,6 +25,7 @@ $(STAMP): requirements.lock constraints.txt pyproject.toml
 	touch $@
 
 quickstart: $(STAMP)
+	$(BIN)/fedkt make-student --config configs/quickstart.toml --teacher smollm2-135m --layers 8
 	$(BIN)/fedkt eval --config configs/quickstart.toml
 
 lint: $(STAMP)

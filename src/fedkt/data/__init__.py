@@ -8,6 +8,7 @@ from fedkt.data.example import TARGET_DELIMITER, Example
 from fedkt.data.partition import split_dirichlet, split_fedcollm, split_iid
 from fedkt.data.sources import DATA_DIR_ENV, load_examples, load_rows, resolve_data_dir
 from fedkt.data.tasks import TASKS, TaskSpec, get_task
+from fedkt.data.tokenization import encode_pair, tok_encode
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -15,6 +16,7 @@ __all__ = [
     "TASKS",
     "Example",
     "TaskSpec",
+    "encode_pair",
     "get_task",
     "load_examples",
     "load_rows",
@@ -22,4 +24,5 @@ __all__ = [
     "split_dirichlet",
     "split_fedcollm",
     "split_iid",
+    "tok_encode",
 ]

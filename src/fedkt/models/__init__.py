@@ -13,7 +13,7 @@ from fedkt.models.loading import (
 )
 from fedkt.models.lora import LoraSettings, adapter_state, add_lora, load_adapter_state
 from fedkt.models.names import EMBEDDED, ModelSpec, parse_model_name
-from fedkt.models.student import keep_first_layers
+from fedkt.models.student import keep_first_layers, student_dir
 
 __all__ = [
     "EMBEDDED",
@@ -33,5 +33,6 @@ __all__ = [
     "pick_device",
     "pick_dtype",
     "resolve_cache_dir",
+    "student_dir",
     "vocabulary_fingerprint",
 ]

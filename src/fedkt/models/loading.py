@@ -22,7 +22,7 @@ from fedkt.errors import ModelError
 from fedkt.models.devices import pick_device, pick_dtype
 from fedkt.models.embedded import embedded_model_dir
 from fedkt.models.names import EMBEDDED, ModelSpec, parse_model_name
-from fedkt.models.student import keep_first_layers
+from fedkt.models.student import keep_first_layers, student_dir
 
 
 def resolve_cache_dir(explicit: str | Path | None = None) -> Path:
@@ -89,6 +89,8 @@ def load_model_and_tokenizer(
 
 def _source(spec: ModelSpec, cache_dir: str | Path | None) -> str:
     """What to give ``from_pretrained``: the converted embedded model, a directory or a hub id."""
+    if spec.healed:
+        return str(_healed_student(spec, resolve_cache_dir(cache_dir)))
     if spec.is_embedded:
         return str(embedded_model_dir(resolve_cache_dir(cache_dir)))
     if Path(spec.base).expanduser().is_dir():
@@ -99,6 +101,18 @@ def _source(spec: ModelSpec, cache_dir: str | Path | None) -> str:
             f"and weights (e.g. written by save_pretrained), a hub id or {EMBEDDED!r}"
         )
     return spec.base
+
+
+def _healed_student(spec: ModelSpec, cache_dir: Path) -> Path:
+    """The student ``fedkt make-student`` cached; never built implicitly (it takes minutes)."""
+    assert spec.layers is not None  # parse_model_name guarantees it for healed names
+    path = student_dir(cache_dir, spec.base, spec.layers)
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"no healed {spec.layers}-layer student of {spec.base!r} in {cache_dir}: build it once "
+            f"with `fedkt make-student --teacher {spec.base} --layers {spec.layers}`"
+        )
+    return path
 
 
 @contextmanager

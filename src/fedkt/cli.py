@@ -1,0 +1,166 @@
+"""The ``fedkt`` command: thin argument parsing over `fedkt.jobs`.
+
+Flags override the TOML config field by field, so ``fedkt eval --model X --task Y`` works without
+a file and ``fedkt eval --config c.toml --limit 50`` tweaks one. Every fedkt error is printed as
+one line (no traceback) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fedkt.config import FedktConfig, load_config, with_overrides
+from fedkt.errors import FedktError
+from fedkt.report import format_table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fedkt`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = _config_from(args)
+        handler: Callable[[FedktConfig, argparse.Namespace], int] = args.handler
+        return handler(config, args)
+    except FedktError as err:
+        print(f"fedkt: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedkt", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    evaluate = commands.add_parser("eval", help="zero-shot evaluation of one or more models")
+    _common_flags(evaluate)
+    evaluate.add_argument("--batch-size", type=int, help="sequences per forward pass")
+    evaluate.set_defaults(handler=_eval)
+
+    finetune = commands.add_parser("finetune", help="standalone fine-tune, evaluated before/after")
+    _common_flags(finetune)
+    finetune.add_argument("--method", choices=["lora", "full"], help="what to train")
+    finetune.add_argument("--epochs", type=int, help="passes over the train split")
+    finetune.add_argument("--lr", type=float, help="peak learning rate")
+    finetune.add_argument("--train-limit", type=int, help="use the first N train rows")
+    finetune.set_defaults(handler=_finetune)
+
+    student = commands.add_parser(
+        "make-student", help="cut a teacher to its first layers and heal the cut (cached)"
+    )
+    student.add_argument("--config", help="TOML config file (for data and cache settings)")
+    student.add_argument("--teacher", default="smollm2-135m", help="model to cut")
+    student.add_argument("--layers", type=int, default=8, help="decoder layers to keep")
+    student.add_argument("--lens-tokens", type=int, help="tokens the output lens is fitted on")
+    student.add_argument("--kd-tokens", type=int, help="tokens of logit distillation afterwards")
+    student.add_argument("--data-dir", help="local data directory (default: $FEDKT_DATA_DIR)")
+    student.add_argument("--force", action="store_true", help="rebuild even if cached")
+    student.set_defaults(handler=_make_student)
+    return parser
+
+
+def _common_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", help="TOML config file (flags below override it)")
+    command.add_argument("--model", action="append", help="model name or path (repeatable)")
+    command.add_argument("--task", action="append", help="task name (repeatable)")
+    command.add_argument("--split", help="split to evaluate on (default: validation)")
+    command.add_argument("--limit", type=int, help="evaluate on the first N rows only")
+    command.add_argument("--output-dir", help="where results.json is written")
+    command.add_argument("--data-dir", help="local data directory (default: $FEDKT_DATA_DIR)")
+
+
+def _config_from(args: argparse.Namespace) -> FedktConfig:
+    """The file's config (or the defaults) with the command-line flags applied on top."""
+    config = load_config(args.config) if args.config else FedktConfig()
+    if args.handler is _make_student:
+        return with_overrides(config, data=with_overrides(config.data, dir=args.data_dir))
+    models = tuple(args.model) if args.model else None
+    data = with_overrides(
+        config.data,
+        tasks=tuple(args.task) if args.task else None,
+        split=args.split,
+        limit=args.limit,
+        dir=args.data_dir,
+        train_limit=getattr(args, "train_limit", None),
+    )
+    evaluation = with_overrides(
+        config.eval, models=models, batch_size=getattr(args, "batch_size", None)
+    )
+    model = with_overrides(config.model, name=models[0] if models else None)
+    train = with_overrides(
+        config.train, epochs=getattr(args, "epochs", None), lr=getattr(args, "lr", None)
+    )
+    finetune = with_overrides(config.finetune, method=getattr(args, "method", None))
+    return with_overrides(
+        config,
+        data=data,
+        eval=evaluation,
+        model=model,
+        train=train,
+        finetune=finetune,
+        output_dir=args.output_dir,
+    )
+
+
+def _eval(config: FedktConfig, args: argparse.Namespace) -> int:
+    from fedkt.jobs import run_eval  # heavy imports (torch, transformers) only when needed
+
+    results = run_eval(config)
+    rows = [
+        [model, task, *_metric_cells(scores)]
+        for model, per_task in results["models"].items()
+        for task, scores in per_task.items()
+    ]
+    print(format_table(["model", "task", "metric", "score", "n", "seconds"], rows))
+    print(f"results: {config.output_dir}/results.json")
+    return 0
+
+
+def _finetune(config: FedktConfig, args: argparse.Namespace) -> int:
+    from fedkt.jobs import run_finetune
+
+    results = run_finetune(config)
+    rows = []
+    for task, entry in results["tasks"].items():
+        metric, before, n, _ = _metric_cells(entry["before"])
+        after = _metric_cells(entry["after"])[1]
+        rows.append([task, metric, before, after, n, f"{entry['train']['seconds']:.0f}"])
+    print(format_table(["task", "metric", "before", "after", "n", "train s"], rows))
+    print(f"results: {config.output_dir}/results.json")
+    return 0
+
+
+def _make_student(config: FedktConfig, args: argparse.Namespace) -> int:
+    from fedkt.data import resolve_data_dir
+    from fedkt.models import resolve_cache_dir
+    from fedkt.students import HealSettings, make_student
+
+    settings = with_overrides(
+        HealSettings(), layers=args.layers, lens_tokens=args.lens_tokens, kd_tokens=args.kd_tokens
+    )
+    path = make_student(
+        args.teacher,
+        settings,
+        data_dir=resolve_data_dir(config.data.dir or None),
+        cache_dir=resolve_cache_dir(config.cache_dir or None),
+        force=args.force,
+    )
+    print(f"student: {args.teacher}@layers={args.layers},healed=true -> {path}")
+    return 0
+
+
+def _metric_cells(scores: dict[str, Any]) -> list[str]:
+    """[metric name, score %, n, seconds] for the headline metric of a score dict."""
+    metric = next(m for m in ("acc", "exact_match") if m in scores)
+    shown = f"{100 * scores[metric]:.1f}"
+    if "acc_norm" in scores:
+        shown += f" (norm {100 * scores['acc_norm']:.1f})"
+    return [metric, shown, str(int(scores["n"])), f"{scores.get('seconds', 0):.1f}"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The standalone jobs behind the CLI: zero-shot evaluation and a local fine-tune.
+
+Both are the non-federated reference points every algorithm is compared with (zero-shot,
+standalone, centralized), so they take the same `FedktConfig` and write the same
+``results.json`` shape as the federated runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from fedkt.config import FedktConfig
+from fedkt.data import Example, load_examples, resolve_data_dir
+from fedkt.evaluation import CausalLM, evaluate
+from fedkt.models import add_lora, load_model_and_tokenizer
+from fedkt.report import write_json
+from fedkt.training import train_answer_only
+
+
+def _auto(value: str) -> str | None:
+    """Config uses "auto" for "let fedkt.models pick"; the libraries use None."""
+    return None if value == "auto" else value
+
+
+def load_for(config: FedktConfig, name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load model `name` with the config's dtype, device and cache settings."""
+    return load_model_and_tokenizer(
+        name,
+        dtype=_auto(config.model.dtype),
+        device=_auto(config.model.device),
+        cache_dir=config.cache_dir or None,
+    )
+
+
+def task_examples(config: FedktConfig, task: str, split: str, limit: int) -> list[Example]:
+    """Rows of one task split as examples, honouring the data directory setting."""
+    data_dir = resolve_data_dir(config.data.dir or None)
+    return load_examples(task, split, data_dir, limit=limit or None)
+
+
+def evaluate_tasks(
+    config: FedktConfig,
+    model: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    """Evaluate one loaded model on every task of the config; adds wall time per task."""
+    results: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        examples = task_examples(config, task, config.data.split, config.data.limit)
+        start = time.perf_counter()
+        scores = evaluate(
+            model,
+            tokenizer,
+            examples,
+            batch_size=config.eval.batch_size,
+            max_new_tokens=config.eval.max_new_tokens,
+            progress=True,
+        )
+        results[task] = {**scores, "seconds": round(time.perf_counter() - start, 2)}
+    return results
+
+
+def run_eval(config: FedktConfig) -> dict[str, Any]:
+    """Zero-shot evaluation of each model in ``eval.models`` on each task in ``data.tasks``."""
+    models = config.eval.models or (config.model.name,)
+    results: dict[str, Any] = {"job": "eval", "split": config.data.split, "models": {}}
+    for name in models:
+        model, tokenizer = load_for(config, name)
+        results["models"][name] = evaluate_tasks(config, model, tokenizer, config.data.tasks)
+        del model
+    write_json(Path(config.output_dir) / "results.json", results)
+    return results
+
+
+def run_finetune(config: FedktConfig) -> dict[str, Any]:
+    """Fine-tune ``model.name`` on the train split of each task, evaluating before and after.
+
+    Each task gets a fresh copy of the model, so tasks do not leak into each other; with
+    ``finetune.method = "lora"`` only the adapter is trained and saved.
+    """
+    results: dict[str, Any] = {
+        "job": "finetune",
+        "model": config.model.name,
+        "method": config.finetune.method,
+        "split": config.data.split,
+        "tasks": {},
+    }
+    for task in config.data.tasks:
+        model, tokenizer = load_for(config, config.model.name)
+        before = evaluate_tasks(config, model, tokenizer, [task])[task]
+        trained = add_lora(model, config.lora) if config.finetune.method == "lora" else model
+        train = task_examples(config, task, "train", config.data.train_limit)
+        report = train_answer_only(trained, tokenizer, train, config.train, progress=True)
+        after = evaluate_tasks(config, trained, tokenizer, [task])[task]
+        out_dir = Path(config.output_dir) / task
+        trained.save_pretrained(str(out_dir / "model"))
+        results["tasks"][task] = {
+            "before": before,
+            "after": after,
+            "train": dataclasses.asdict(report),
+            "train_rows": len(train),
+            "saved": str(out_dir / "model"),
+        }
+        del model, trained
+    write_json(Path(config.output_dir) / "results.json", results)
+    return results
