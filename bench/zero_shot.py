@@ -29,7 +29,7 @@ from fedkt.training import TrainSettings, train_answer_only
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 TASKS = ["arc_easy", "arc_challenge", "openbookqa", "commonsense_qa", "ag_news"]
-MODELS = ["smollm2-135m", "smollm2-135m@layers=8", "smollm2-135m@layers=8,healed=lens"]
+MODELS = ["smollm2-135m", "smollm2-135m@layers=8", "smollm2-135m@layers=8,healed=true"]
 
 
 def main() -> None:
