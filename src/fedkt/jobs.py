@@ -44,36 +44,41 @@ def task_examples(config: FedktConfig, task: str, split: str, limit: int) -> lis
     return load_examples(task, split, data_dir, limit=limit or None)
 
 
-def evaluate_tasks(
+def eval_sets(config: FedktConfig, tasks: Sequence[str]) -> dict[str, list[Example]]:
+    """The evaluation rows of each task, read once and reused for every model and checkpoint."""
+    return {
+        task: task_examples(config, task, config.data.split, config.data.limit) for task in tasks
+    }
+
+
+def score(
     config: FedktConfig,
     model: CausalLM,
     tokenizer: PreTrainedTokenizerBase,
-    tasks: Sequence[str],
-) -> dict[str, dict[str, float]]:
-    """Evaluate one loaded model on every task of the config; adds wall time per task."""
-    results: dict[str, dict[str, float]] = {}
-    for task in tasks:
-        examples = task_examples(config, task, config.data.split, config.data.limit)
-        start = time.perf_counter()
-        scores = evaluate(
-            model,
-            tokenizer,
-            examples,
-            batch_size=config.eval.batch_size,
-            max_new_tokens=config.eval.max_new_tokens,
-            progress=True,
-        )
-        results[task] = {**scores, "seconds": round(time.perf_counter() - start, 2)}
-    return results
+    examples: Sequence[Example],
+) -> dict[str, float]:
+    """The task's metrics for one loaded model, plus the wall time they took."""
+    start = time.perf_counter()
+    scores = evaluate(
+        model,
+        tokenizer,
+        examples,
+        batch_size=config.eval.batch_size,
+        max_new_tokens=config.eval.max_new_tokens,
+        progress=True,
+    )
+    return {**scores, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def run_eval(config: FedktConfig) -> dict[str, Any]:
     """Zero-shot evaluation of each model in ``eval.models`` on each task in ``data.tasks``."""
-    models = config.eval.models or (config.model.name,)
+    sets = eval_sets(config, config.data.tasks)
     results: dict[str, Any] = {"job": "eval", "split": config.data.split, "models": {}}
-    for name in models:
+    for name in config.eval.models or (config.model.name,):
         model, tokenizer = load_for(config, name)
-        results["models"][name] = evaluate_tasks(config, model, tokenizer, config.data.tasks)
+        results["models"][name] = {
+            task: score(config, model, tokenizer, examples) for task, examples in sets.items()
+        }
         del model
     write_json(Path(config.output_dir) / "results.json", results)
     return results
@@ -92,13 +97,13 @@ def run_finetune(config: FedktConfig) -> dict[str, Any]:
         "split": config.data.split,
         "tasks": {},
     }
-    for task in config.data.tasks:
+    for task, examples in eval_sets(config, config.data.tasks).items():
         model, tokenizer = load_for(config, config.model.name)
-        before = evaluate_tasks(config, model, tokenizer, [task])[task]
+        before = score(config, model, tokenizer, examples)
         trained = add_lora(model, config.lora) if config.finetune.method == "lora" else model
         train = task_examples(config, task, "train", config.data.train_limit)
         report = train_answer_only(trained, tokenizer, train, config.train, progress=True)
-        after = evaluate_tasks(config, trained, tokenizer, [task])[task]
+        after = score(config, trained, tokenizer, examples)
         out_dir = Path(config.output_dir) / task
         trained.save_pretrained(str(out_dir / "model"))
         results["tasks"][task] = {
