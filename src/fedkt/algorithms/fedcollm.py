@@ -1,0 +1,420 @@
+"""FedCoLLM: federated co-tuning of a server LLM and client SLMs, without the transport.
+
+Fan, Kang, Ma, Fan, Liu, Chen, Yang, "Federated Co-tuning Framework for Large and Small
+Language Models", arXiv 2411.11707 (2024).
+
+State. The server holds the LLM f (frozen base, its own LoRA adapter omega) and a copy of the
+SLM g (frozen base, global LoRA adapter theta). Client k holds the SLM base and private D_k;
+the server also holds a small public set D_a. LLM and SLM share one tokenizer.
+
+One round t:
+  1. broadcast        theta_k <- theta                                  (server -> clients)
+  2. client update    theta_k <- train E epochs on D_k, CE on answers;  send (theta_k, n_k)
+  3. aggregate        theta = sum_k w_k theta_k,  w_k = 1/K (uniform) or n_k / sum_j n_j
+  4. distil on D_a    R steps of, on answer tokens only, with T the temperature,
+                        L = [CE(f) + lambda KL(g || f)] + [CE(g) + lambda KL(f || g)]
+                      where in each KL the *other* model is the detached target; omega and
+                      theta are updated together (one AdamW each).
+  5. theta (distilled) is what the clients receive next round; omega never leaves the server.
+
+Only LoRA tensors and example counts cross the client/server boundary. This module is the
+protocol as plain functions (the Flower adapter only moves their inputs and outputs); it
+avoids the reference code's bugs: the KD target is the teacher's probabilities, each student
+keeps its gradient, the answer mask is the CE mask, and the distilled theta is what goes out.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Literal
+
+import torch
+from peft import PeftModel
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup, set_seed
+
+from fedkt.data import Example
+from fedkt.errors import ConfigError, DataError, FedktError, ModelError, TokenizerMismatchError
+from fedkt.models import LoraSettings, adapter_state, check_same_vocabulary, load_adapter_state
+from fedkt.training import (
+    TrainReport,
+    TrainSettings,
+    answer_cross_entropy,
+    answer_positions,
+    collate,
+    encode_answer_only,
+    kd_loss,
+    train_answer_only,
+)
+
+Adapter = dict[str, torch.Tensor]
+Aggregation = Literal["uniform", "weighted"]
+_Side = tuple[nn.Module, torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]
+
+
+@dataclass(frozen=True)
+class FedCoLLMSettings:
+    """FedCoLLM hyperparameters (defaults: the paper, with the FedMKT appendix).
+
+    Args:
+        rounds: federated rounds (paper: 5).
+        kd_lambda: weight lambda of each KL term in the distillation loss.
+        kd_temperature: softmax temperature T of the KL terms (loss scaled by T^2).
+        kd_top_k: distil over the teacher's k most likely tokens; None = full vocabulary (exact).
+        kd_steps: server distillation steps R per round (one public batch each).
+        kd_batch_size: public sequences per distillation step.
+        aggregation: "uniform" (the paper, w_k = 1/K) or "weighted" (w_k = n_k / sum n).
+        llm_lr: peak lr of the LLM adapter during distillation.
+        slm_lr: peak lr of the SLM adapter during distillation.
+        seed: seeds the public batch order and dropout (offset by the round index).
+        client: local training of the clients. The server's two optimisers reuse its betas,
+            weight decay, warmup ratio, clip norm and max length (one set in the paper).
+        lora: the LoRA adapters of both models.
+    """
+
+    rounds: int = 5
+    kd_lambda: float = 1.0
+    kd_temperature: float = 1.0
+    kd_top_k: int | None = None
+    kd_steps: int = 20
+    kd_batch_size: int = 4
+    aggregation: Aggregation = "uniform"
+    llm_lr: float = 3e-5
+    slm_lr: float = 3e-4
+    seed: int = 0
+    client: TrainSettings = field(default_factory=TrainSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "rounds": self.rounds >= 1,
+            "kd_lambda": self.kd_lambda >= 0,
+            "kd_temperature": self.kd_temperature > 0,
+            "kd_top_k": self.kd_top_k is None or self.kd_top_k >= 1,
+            "kd_steps": self.kd_steps >= 1,
+            "kd_batch_size": self.kd_batch_size >= 1,
+            "aggregation": self.aggregation in ("uniform", "weighted"),
+            "llm_lr": self.llm_lr > 0,
+            "slm_lr": self.slm_lr > 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise ConfigError(
+                f"FedCoLLMSettings: out of range: {values}. Need rounds, kd_steps, "
+                "kd_batch_size >= 1; kd_lambda >= 0; kd_temperature, llm_lr, slm_lr > 0; "
+                "kd_top_k None or >= 1; aggregation 'uniform' or 'weighted'."
+            )
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What a client sends back: its adapter and example count (`report` stays local)."""
+
+    adapter: Adapter
+    n_examples: int
+    report: TrainReport | None = None
+
+
+@dataclass(frozen=True)
+class LocalClient:
+    """A client of an in-process round: its SLM and private examples.
+
+    Clients may share one SLM object (even the server's): every update starts by loading the
+    broadcast adapter, and the server reloads theta after aggregating.
+    """
+
+    slm: PeftModel
+    examples: Sequence[Example]
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """The distilled global SLM adapter (sent to clients next round) and the round's metrics."""
+
+    adapter: Adapter
+    metrics: dict[str, float]
+
+
+# -- start-up check -------------------------------------------------------------------------
+
+
+def check_pair(
+    llm_tokenizer: PreTrainedTokenizerBase,
+    slm_tokenizer: PreTrainedTokenizerBase,
+    llm: nn.Module,
+    slm: nn.Module,
+) -> None:
+    """Refuse an LLM/SLM pair whose KD would compare different token ids.
+
+    Equal tokenizers are not enough: the models' output layers must also be the same size
+    (a resized embedding or padded head would misalign the softmaxes).
+    """
+    check_same_vocabulary(llm_tokenizer, slm_tokenizer, names=("LLM", "SLM"))
+    _check_output_vocab(llm, slm, llm_tokenizer)
+
+
+def _check_output_vocab(llm: nn.Module, slm: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    llm_vocab, slm_vocab = _output_vocab(llm), _output_vocab(slm)
+    if llm_vocab != slm_vocab:
+        raise TokenizerMismatchError(
+            f"the LLM predicts {llm_vocab} tokens but the SLM {slm_vocab}: FedCoLLM's KD needs "
+            "one output vocabulary; pick an SLM of the LLM's family (e.g. a cut student)."
+        )
+    if len(tokenizer) > llm_vocab:
+        raise TokenizerMismatchError(
+            f"the tokenizer has {len(tokenizer)} tokens but the models predict only {llm_vocab}; "
+            "resize both models' embeddings (model.resize_token_embeddings) to the tokenizer."
+        )
+
+
+def _output_vocab(model: nn.Module) -> int:
+    head = model.get_output_embeddings()  # type: ignore[operator]  # PeftModel forwards it
+    return int(head.weight.shape[0])
+
+
+# -- client ----------------------------------------------------------------------------------
+
+
+def client_update(
+    slm: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    global_adapter: Adapter,
+    examples: Sequence[Example],
+    settings: TrainSettings,
+    *,
+    progress: bool = False,
+) -> ClientUpdate:
+    """Step 2: load the broadcast theta, train on the private answers, return theta_k and n_k."""
+    load_adapter_state(slm, global_adapter)
+    report = train_answer_only(slm, tokenizer, examples, settings, progress=progress)
+    return ClientUpdate(adapter=adapter_state(slm), n_examples=len(examples), report=report)
+
+
+# -- server ----------------------------------------------------------------------------------
+
+
+def aggregate_adapters(updates: Sequence[ClientUpdate], how: Aggregation = "uniform") -> Adapter:
+    """Step 3: theta = sum_k w_k theta_k, summed in fp32 and returned in the clients' dtype."""
+    if not updates:
+        raise FedktError(
+            "aggregate_adapters got no client updates; a round needs at least one client "
+            "that trained and answered."
+        )
+    _check_same_layout(updates)
+    weights = _weights([u.n_examples for u in updates], how)
+    return {
+        key: _weighted_sum([u.adapter[key] for u in updates], weights) for key in updates[0].adapter
+    }
+
+
+def _weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    total = torch.zeros_like(tensors[0], dtype=torch.float32)
+    for weight, tensor in zip(weights, tensors, strict=True):
+        total += weight * tensor.float()
+    return total.to(tensors[0].dtype)
+
+
+def _weights(counts: list[int], how: Aggregation) -> list[float]:
+    if how == "uniform":
+        return [1.0 / len(counts)] * len(counts)
+    if how != "weighted":
+        raise ConfigError(f"aggregation {how!r} is unknown; use 'uniform' or 'weighted'.")
+    if any(n < 1 for n in counts):
+        raise DataError(
+            f"weighted aggregation needs every client's example count >= 1, got {counts}; "
+            "drop clients without data or use aggregation='uniform'."
+        )
+    return [n / sum(counts) for n in counts]
+
+
+def _check_same_layout(updates: Sequence[ClientUpdate]) -> None:
+    """Refuse updates whose adapters differ in keys or shapes (another base model or rank)."""
+    layout = {key: tuple(t.shape) for key, t in updates[0].adapter.items()}
+    for k, update in enumerate(updates[1:], start=1):
+        other = {key: tuple(t.shape) for key, t in update.adapter.items()}
+        diff = sorted(
+            key for key in layout.keys() | other.keys() if layout.get(key) != other.get(key)
+        )
+        if diff:
+            raise ModelError(
+                f"client update {k}'s adapter differs from update 0's in {len(diff)} tensors "
+                f"(e.g. {diff[0]!r}: shape {other.get(diff[0])} vs {layout.get(diff[0])}; None = "
+                "missing): every client must use the same SLM and LoraSettings."
+            )
+
+
+def mutual_distillation(
+    llm: PeftModel,
+    slm: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    public_examples: Sequence[Example],
+    settings: FedCoLLMSettings,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Step 4: `settings.kd_steps` steps of mutual distillation on the public answers.
+
+    Per step both models see the same batch and the loss
+        L = [CE(f) + lambda KL(g || f)] + [CE(g) + lambda KL(f || g)]
+    is minimised by two AdamW optimisers (LLM adapter at llm_lr, SLM adapter at slm_lr; warmup
+    + cosine; each model's gradient clipped on its own). `kd_loss` detaches its teacher, so each
+    KL term trains only its student and the sum's gradient splits cleanly between the models.
+    Both models must sit on one device. Returns the mean of each term over the steps.
+    """
+    if not public_examples:
+        raise DataError("mutual_distillation got no public examples; FedCoLLM needs D_a.")
+    _check_output_vocab(llm, slm, tokenizer)
+    set_seed(seed)
+    sides: list[_Side] = [
+        (llm, *_optimiser(llm, settings.llm_lr, settings)),
+        (slm, *_optimiser(slm, settings.slm_lr, settings)),
+    ]
+    device = next(llm.parameters()).device
+    totals = dict.fromkeys(("llm_ce", "llm_kd", "slm_ce", "slm_kd", "loss"), 0.0)
+    start = time.perf_counter()
+    llm.train()
+    slm.train()
+    try:
+        batches = _public_batches(tokenizer, public_examples, settings, seed)
+        for batch in tqdm(batches, total=settings.kd_steps, desc="distil", disable=not progress):
+            terms = _distil_step(sides, {k: v.to(device) for k, v in batch.items()}, settings)
+            for name, value in terms.items():
+                totals[name] += value / settings.kd_steps
+    finally:
+        llm.eval()
+        slm.eval()
+    return {**totals, "seconds": time.perf_counter() - start}
+
+
+def _distil_step(
+    sides: list[_Side], batch: dict[str, torch.Tensor], settings: FedCoLLMSettings
+) -> dict[str, float]:
+    """One joint step: a single backward of L fills both adapters' gradients, then each side
+    clips its own gradient and steps its own optimiser."""
+    (llm, *_), (slm, *_) = sides
+    for _, optimiser, _ in sides:
+        optimiser.zero_grad(set_to_none=True)
+    terms = _mutual_loss(llm, slm, batch, settings)
+    terms["loss"].backward()
+    for model, optimiser, scheduler in sides:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        nn.utils.clip_grad_norm_(trainable, settings.client.max_grad_norm)
+        optimiser.step()
+        scheduler.step()
+    return {name: value.item() for name, value in terms.items()}
+
+
+def _mutual_loss(
+    llm: nn.Module, slm: nn.Module, batch: dict[str, torch.Tensor], settings: FedCoLLMSettings
+) -> dict[str, torch.Tensor]:
+    """The four terms of L on one batch, and their lambda-weighted sum under "loss"."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    llm_logits = llm(**inputs, use_cache=False).logits  # (B, L, V)
+    slm_logits = slm(**inputs, use_cache=False).logits  # (B, L, V)
+    labels, mask = batch["labels"], answer_positions(batch["labels"])
+    kd = partial(kd_loss, temperature=settings.kd_temperature, top_k=settings.kd_top_k)
+    terms = {
+        "llm_ce": answer_cross_entropy(llm_logits, labels),
+        "llm_kd": kd(llm_logits, slm_logits, mask),  # KL(g || f): the SLM teaches
+        "slm_ce": answer_cross_entropy(slm_logits, labels),
+        "slm_kd": kd(slm_logits, llm_logits, mask),  # KL(f || g): the LLM teaches
+    }
+    lam = settings.kd_lambda
+    terms["loss"] = (
+        terms["llm_ce"] + lam * terms["llm_kd"] + terms["slm_ce"] + lam * terms["slm_kd"]
+    )
+    return terms
+
+
+def _public_batches(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    settings: FedCoLLMSettings,
+    seed: int,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """`kd_steps` padded batches of the public set, reshuffled (seeded) at every pass."""
+    if tokenizer.pad_token_id is None:
+        raise ModelError(
+            f"tokenizer {tokenizer.name_or_path!r} has no pad token; set one "
+            "(fedkt.models.load_tokenizer always does) before distilling."
+        )
+    max_length, size = settings.client.max_length, settings.kd_batch_size
+    encoded = [encode_answer_only(tokenizer, *ex.training_pair(), max_length) for ex in examples]
+    generator = torch.Generator().manual_seed(seed)
+    steps = 0
+    while True:
+        order = torch.randperm(len(encoded), generator=generator).tolist()
+        for start in range(0, len(order), size):
+            if steps == settings.kd_steps:
+                return
+            yield collate([encoded[i] for i in order[start : start + size]], tokenizer.pad_token_id)
+            steps += 1
+
+
+def _optimiser(
+    model: nn.Module, lr: float, settings: FedCoLLMSettings
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the adapter (matrices decay, as in `train_answer_only`), warmup + cosine."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ModelError(
+            "mutual_distillation: a model has no trainable parameters; give both models LoRA "
+            "adapters (fedkt.models.add_lora)."
+        )
+    train = settings.client
+    groups = [
+        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": train.weight_decay},
+        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimiser = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=train.betas)
+    warmup = math.ceil(train.warmup_ratio * settings.kd_steps)
+    return optimiser, get_cosine_schedule_with_warmup(optimiser, warmup, settings.kd_steps)
+
+
+# -- one round -------------------------------------------------------------------------------
+
+
+def run_round(
+    llm: PeftModel,
+    slm: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    clients: Sequence[LocalClient],
+    public_examples: Sequence[Example],
+    settings: FedCoLLMSettings,
+    *,
+    round_index: int = 0,
+    progress: bool = False,
+) -> RoundResult:
+    """One FedCoLLM round in process; the server's `slm` holds theta and `llm` holds omega.
+
+    Both server models are updated in place. Only the SLM adapter is returned: omega stays
+    inside `llm`. Seeds are offset by `round_index` so rounds see different batch orders.
+    """
+    global_adapter = adapter_state(slm)  # 1. broadcast
+    client_settings = replace(settings.client, seed=settings.client.seed + round_index)
+    updates = [  # 2. local training
+        client_update(
+            c.slm, tokenizer, global_adapter, c.examples, client_settings, progress=progress
+        )
+        for c in clients
+    ]
+    load_adapter_state(slm, aggregate_adapters(updates, settings.aggregation))  # 3. aggregate
+    seed = settings.seed + round_index  # 4. mutual distillation on D_a
+    distil = mutual_distillation(
+        llm, slm, tokenizer, public_examples, settings, seed=seed, progress=progress
+    )
+    reports = [u.report for u in updates if u.report is not None]
+    metrics = {
+        "clients": float(len(updates)),
+        "client_examples": float(sum(u.n_examples for u in updates)),
+        "client_loss": sum(r.last_loss for r in reports) / len(reports),
+        **{f"distil_{name}": value for name, value in distil.items()},
+    }
+    return RoundResult(adapter=adapter_state(slm), metrics=metrics)  # 5. theta for next round

@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from fedkt.algorithms.fedcollm import (
+    ClientUpdate,
+    FedCoLLMSettings,
+    LocalClient,
+    aggregate_adapters,
+    check_pair,
+    client_update,
+    mutual_distillation,
+    run_round,
+)
+from fedkt.data import Example
+from fedkt.errors import ConfigError, FedktError, ModelError, TokenizerMismatchError
+from fedkt.models import LoraSettings, adapter_state, add_lora
+from fedkt.training import TrainSettings
+
+LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
+TRAIN = TrainSettings(epochs=1, lr=1e-2, batch_size=2, warmup_ratio=0.0, max_length=64)
+SETTINGS = FedCoLLMSettings(
+    kd_steps=2, kd_batch_size=2, llm_lr=1e-2, slm_lr=1e-2, client=TRAIN, lora=LORA
+)
+FACTS = [
+    ("Which gas do plants absorb from the air?", ("carbon dioxide", "helium"), 0),
+    ("What do plants need to grow?", ("rock", "sunlight"), 1),
+    ("What is the boiling point of water at sea level?", ("100 degrees Celsius", "oxygen"), 0),
+    ("Which gas do we breathe in?", ("nitrogen", "oxygen"), 1),
+]
+EXAMPLES = [
+    Example(id=str(i), context=f"Question: {q}\nAnswer:", choices=choices, gold=gold)
+    for i, (q, choices, gold) in enumerate(FACTS)
+]
+
+
+@pytest.fixture
+def pair(make_tiny_llama: Callable[..., LlamaForCausalLM]) -> tuple[PeftModel, PeftModel]:
+    """(LLM, SLM): same tiny tokenizer, the LLM deeper; fresh LoRA on both."""
+    return add_lora(make_tiny_llama(n_layers=3, seed=1), LORA), add_lora(make_tiny_llama(), LORA)
+
+
+def _update(adapter: dict[str, torch.Tensor], n: int) -> ClientUpdate:
+    return ClientUpdate(adapter=adapter, n_examples=n)
+
+
+def _lora_params(model: PeftModel) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def _base_params(model: PeftModel) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+
+
+def _assert_all_changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> None:
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert not unchanged
+
+
+def test_settings_reject_out_of_range_values() -> None:
+    with pytest.raises(ConfigError, match="kd_temperature=0"):
+        FedCoLLMSettings(kd_temperature=0)
+    with pytest.raises(ConfigError, match="aggregation='median'"):
+        FedCoLLMSettings(aggregation="median")  # type: ignore[arg-type]
+    assert FedCoLLMSettings().kd_top_k is None  # exact full-vocabulary KD by default
+
+
+def test_uniform_aggregation_is_the_plain_mean() -> None:
+    a = {"w": torch.tensor([[1.0, 2.0]]), "v": torch.tensor([0.0])}
+    b = {"w": torch.tensor([[3.0, 6.0]]), "v": torch.tensor([4.0])}
+    merged = aggregate_adapters([_update(a, 1), _update(b, 3)], "uniform")
+    torch.testing.assert_close(merged["w"], torch.tensor([[2.0, 4.0]]))
+    torch.testing.assert_close(merged["v"], torch.tensor([2.0]))
+
+
+def test_weighted_aggregation_weighs_by_example_count() -> None:
+    a = {"w": torch.tensor([1.0, 2.0]).to(torch.bfloat16)}
+    b = {"w": torch.tensor([3.0, 6.0]).to(torch.bfloat16)}
+    merged = aggregate_adapters([_update(a, 1), _update(b, 3)], "weighted")
+    # 1/4 * a + 3/4 * b, returned in the clients' dtype
+    assert merged["w"].dtype == torch.bfloat16
+    torch.testing.assert_close(merged["w"].float(), torch.tensor([2.5, 5.0]))
+
+
+def test_aggregation_refuses_empty_or_mismatched_updates() -> None:
+    with pytest.raises(FedktError, match="no client updates"):
+        aggregate_adapters([])
+    a = {"w": torch.zeros(2, 3)}
+    with pytest.raises(ModelError, match="differs from update 0's in 2 tensors"):
+        aggregate_adapters([_update(a, 1), _update({"u": torch.zeros(2, 3)}, 1)])
+    with pytest.raises(ModelError, match=r"shape \(1, 3\) vs \(2, 3\)"):
+        aggregate_adapters([_update(a, 1), _update({"w": torch.zeros(1, 3)}, 1)])
+
+
+def test_client_update_trains_and_returns_only_lora_tensors(
+    pair: tuple[PeftModel, PeftModel], tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    _, slm = pair
+    start = adapter_state(slm)
+    update = client_update(slm, tiny_tokenizer, start, EXAMPLES[:2], TRAIN)
+    assert update.n_examples == 2
+    assert update.adapter.keys() == start.keys()
+    assert all("lora_A" in key or "lora_B" in key for key in update.adapter)
+    assert any(not torch.equal(update.adapter[k], start[k]) for k in start)
+
+
+@pytest.mark.parametrize("top_k", [None, 8])
+def test_mutual_distillation_trains_both_adapters_and_no_base_weight(
+    pair: tuple[PeftModel, PeftModel], tiny_tokenizer: PreTrainedTokenizerFast, top_k: int | None
+) -> None:
+    llm, slm = pair
+    lora_before = {"llm": _lora_params(llm), "slm": _lora_params(slm)}
+    base_before = {"llm": _base_params(llm), "slm": _base_params(slm)}
+    settings = replace(SETTINGS, kd_top_k=top_k)
+    losses = mutual_distillation(llm, slm, tiny_tokenizer, EXAMPLES, settings)
+    assert losses["loss"] > 0 and losses["llm_kd"] >= 0 and losses["slm_kd"] >= 0
+    for name, model in (("llm", llm), ("slm", slm)):
+        lora = [p for n, p in model.named_parameters() if "lora_" in n]
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+        _assert_all_changed(lora_before[name], _lora_params(model))
+        after = _base_params(model)
+        assert all(torch.equal(base_before[name][n], after[n]) for n in after)
+
+
+def test_the_kd_terms_reach_both_students(
+    make_tiny_llama: Callable[..., LlamaForCausalLM], tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """A detached student (a bug of the reference code) would make lambda irrelevant to it."""
+    results = []
+    for kd_lambda in (0.0, 1.0):
+        llm, slm = add_lora(make_tiny_llama(3, seed=1), LORA), add_lora(make_tiny_llama(), LORA)
+        settings = FedCoLLMSettings(
+            kd_lambda=kd_lambda, kd_steps=2, llm_lr=1e-2, slm_lr=1e-2, client=TRAIN, lora=LORA
+        )
+        mutual_distillation(llm, slm, tiny_tokenizer, EXAMPLES, settings)
+        results.append((adapter_state(llm), adapter_state(slm)))
+    (llm_0, slm_0), (llm_1, slm_1) = results
+    assert any(not torch.allclose(llm_0[k], llm_1[k]) for k in llm_0)
+    assert any(not torch.allclose(slm_0[k], slm_1[k]) for k in slm_0)
+
+
+def test_run_round_returns_the_distilled_slm_adapter_only(
+    pair: tuple[PeftModel, PeftModel], tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    llm, slm = pair
+    client_slm = copy.deepcopy(slm)  # shared by both clients: each update reloads theta
+    theta_before, omega_before = adapter_state(slm), adapter_state(llm)
+    clients = [LocalClient(client_slm, EXAMPLES[:2]), LocalClient(client_slm, EXAMPLES[2:])]
+    result = run_round(llm, slm, tiny_tokenizer, clients, EXAMPLES[:2], SETTINGS)
+    assert result.adapter.keys() == theta_before.keys()
+    assert any(not torch.equal(result.adapter[k], theta_before[k]) for k in theta_before)
+    for key, tensor in adapter_state(slm).items():  # what goes out is the server's distilled theta
+        torch.testing.assert_close(result.adapter[key], tensor)
+    omega_after = adapter_state(llm)
+    assert any(not torch.equal(omega_after[k], omega_before[k]) for k in omega_before)
+    assert result.metrics["clients"] == 2 and result.metrics["client_examples"] == 4
+    assert result.metrics["distil_loss"] > 0
+
+
+def test_a_pair_with_different_vocabularies_is_refused(
+    pair: tuple[PeftModel, PeftModel],
+    make_tiny_llama: Callable[..., LlamaForCausalLM],
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    llm, slm = pair
+    check_pair(tiny_tokenizer, tiny_tokenizer, llm, slm)  # same tokenizer and heads: accepted
+    other = copy.deepcopy(tiny_tokenizer)
+    other.add_tokens(["photosynthesis"])
+    with pytest.raises(TokenizerMismatchError, match="tokenizers differ"):
+        check_pair(tiny_tokenizer, other, llm, slm)
+    wider = make_tiny_llama()
+    wider.resize_token_embeddings(len(tiny_tokenizer) + 8)
+    with pytest.raises(TokenizerMismatchError, match="predicts"):
+        check_pair(tiny_tokenizer, tiny_tokenizer, llm, wider)
+    with pytest.raises(TokenizerMismatchError, match="predicts"):
+        mutual_distillation(llm, add_lora(wider, LORA), tiny_tokenizer, EXAMPLES, SETTINGS)
