@@ -1,0 +1,55 @@
+"""The FedCoLLM wire protocol: every record key, the message type and the size limit.
+
+A round is one Flower ``train`` message per client and one reply:
+
+    server -> client   {ADAPTER: ArrayRecord(theta),   CONFIG: ConfigRecord{ROUND: t}}
+    client -> server   {ADAPTER: ArrayRecord(theta_k), COUNTS: MetricRecord{N_EXAMPLES: n_k}}
+
+Nothing else crosses the boundary: no text, no losses, no client report. Keys live here
+only, so the two apps and any audit agree on them by construction.
+"""
+
+from __future__ import annotations
+
+from flwr.app import MessageType, RecordDict
+
+from fedkt.errors import FedktError
+from fedkt.federation.codec import payload_bytes
+
+TRAIN = MessageType.TRAIN
+"""Message type of a round: the ClientApp's ``@app.train()`` handler answers it."""
+
+ADAPTER = "adapter"
+"""ArrayRecord: the global SLM adapter theta (down) or a client's theta_k (up)."""
+
+CONFIG = "config"
+"""ConfigRecord sent down with the adapter."""
+
+ROUND = "round"
+"""int in CONFIG: the round index t; clients offset their training seed by it."""
+
+COUNTS = "counts"
+"""MetricRecord sent up with the adapter."""
+
+N_EXAMPLES = "n-examples"
+"""int in COUNTS: n_k, the client's number of training examples (weighted aggregation)."""
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
+"""256 MiB: a LoRA adapter of a 7B model (r=8, all linear layers) is ~80 MB in fp32, so only a
+mistake (a full state dict, a wrong rank) comes near it."""
+
+
+def check_message_size(content: RecordDict, limit: int, *, what: str) -> int:
+    """The payload size of ``content`` in bytes; refuse it when it exceeds ``limit``.
+
+    ``what`` names the message (e.g. "reply of partition 2") so the error says which side
+    produced the oversized message.
+    """
+    size = payload_bytes(content)
+    if size > limit:
+        raise FedktError(
+            f"{what}: message payload is {size:,} bytes, over the limit of {limit:,} bytes; "
+            "only LoRA adapters should travel: check the LoRA rank and target modules, or "
+            "raise max_message_bytes if the adapter really is this large."
+        )
+    return size

@@ -1,0 +1,295 @@
+"""The FedCoLLM apps: the client handler called directly, then one real Flower simulation
+(Ray, two clients, one round) shared by the end-to-end, equivalence and privacy tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from conftest import build_tiny_llama
+from fedkt.algorithms.fedcollm import FedCoLLMSettings, LocalClient, run_round
+from fedkt.data import Example
+from fedkt.errors import FedktError
+from fedkt.federation import FederationResult, FederationSpec, client_app, keys
+from fedkt.federation.codec import adapter_to_record, payload_bytes, record_to_adapter
+from fedkt.federation.server_app import broadcast_content, load_server_models, read_replies
+from fedkt.federation.simulation import simulate_fedcollm
+from fedkt.models import LoraSettings, adapter_state, add_lora, load_model
+from fedkt.training import TrainSettings
+
+SETTINGS = FedCoLLMSettings(
+    rounds=1,
+    kd_steps=2,
+    kd_batch_size=2,
+    llm_lr=1e-2,
+    slm_lr=1e-2,
+    client=TrainSettings(epochs=1, lr=1e-2, batch_size=2, warmup_ratio=0.0, max_length=64),
+    lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+)
+PRIVATE = [  # (question, choices, gold): the text that must never leave a client
+    ("Which gas do plants absorb from the air?", ("carbon dioxide", "helium balloons"), 0),
+    ("What do green plants need to grow?", ("volcanic rock", "bright sunlight"), 1),
+    ("What is the boiling point of water at sea level?", ("100 degrees Celsius", "frozen"), 0),
+    ("Which gas do we breathe in to live?", ("nitrogen only", "fresh oxygen"), 1),
+]
+PUBLIC = [("Which rock is soil made of?", ("weathered rock", "sunlight"), 0)] * 2
+
+
+def _examples(rows: list[tuple[str, tuple[str, ...], int]], tag: str) -> tuple[Example, ...]:
+    return tuple(
+        Example(id=f"{tag}{i}", context=f"Question: {q}\nAnswer:", choices=c, gold=g)
+        for i, (q, c, g) in enumerate(rows)
+    )
+
+
+CLIENT_DATA = (_examples(PRIVATE[:2], "a"), _examples(PRIVATE[2:], "b"))
+
+
+@pytest.fixture(scope="module")
+def spec(
+    tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerFast
+) -> FederationSpec:
+    """Tiny LLM (3 layers) and SLM (2 layers) saved to disk: Ray's client processes load them
+    by path, as they would a real checkpoint."""
+    root = tmp_path_factory.mktemp("models")
+    for name, layers, seed in (("llm", 3, 1), ("slm", 2, 0)):
+        build_tiny_llama(len(tiny_tokenizer), n_layers=layers, seed=seed).save_pretrained(
+            root / name
+        )
+        tiny_tokenizer.save_pretrained(root / name)
+    return FederationSpec(
+        llm=str(root / "llm"),
+        slm=str(root / "slm"),
+        client_data=CLIENT_DATA,
+        public_data=_examples(PUBLIC, "p"),
+        settings=SETTINGS,
+        dtype="float32",
+        device="cpu",
+        # One Ray actor takes all cores: one process pays the torch/peft import (~6 s on 2
+        # busy cores) and serves both partitions through its shared SLM.
+        client_cpus=os.cpu_count() or 1,
+    )
+
+
+# -- the client handler, called in this process ----------------------------------------------
+
+
+def _train_message(
+    spec: FederationSpec, partition: int, theta: dict[str, torch.Tensor]
+) -> tuple[Message, Context]:
+    # Built from metadata: outside a running ServerApp, Flower has no run id to stamp.
+    metadata = Metadata(1, "m1", 0, 7, "", "0", time.time(), 60.0, keys.TRAIN)
+    msg = Message(broadcast_content(theta, 0), metadata=metadata)
+    node_config = {"partition-id": partition, "num-partitions": spec.num_clients}
+    return msg, Context(
+        run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={}
+    )
+
+
+def _initial_theta(spec: FederationSpec) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return adapter_state(
+        add_lora(load_model(spec.slm, dtype="float32", device="cpu"), SETTINGS.lora)
+    )
+
+
+def test_client_replies_only_its_adapter_and_count_and_loads_the_slm_once(
+    spec: FederationSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[str] = []
+    real_load = client_app.load_model_and_tokenizer
+    monkeypatch.setattr(client_app, "_SLMS", {})
+
+    def counting_load(name: str, **kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        loads.append(name)
+        return real_load(name, **kwargs)
+
+    monkeypatch.setattr(client_app, "load_model_and_tokenizer", counting_load)
+    theta = _initial_theta(spec)
+    for partition in (0, 1, 0):
+        reply = client_app.train(spec.client_setup(), *_train_message(spec, partition, theta))
+        assert not reply.has_error()
+        assert set(reply.content) == {keys.ADAPTER, keys.COUNTS}
+        assert dict(reply.content.metric_records[keys.COUNTS]) == {keys.N_EXAMPLES: 2}
+        update = record_to_adapter(reply.content.array_records[keys.ADAPTER])
+        assert update.keys() == theta.keys()
+        assert any(not torch.equal(update[k], theta[k]) for k in theta)
+    assert loads == [spec.slm]  # one load served three messages and two partitions
+
+
+def test_client_failure_replies_an_error_without_details(
+    spec: FederationSpec, caplog: pytest.LogCaptureFixture
+) -> None:
+    oversized = replace(spec, max_message_bytes=100)
+    with caplog.at_level(logging.ERROR, logger=client_app.__name__):
+        reply = client_app.train(
+            oversized.client_setup(), *_train_message(spec, 1, _initial_theta(spec))
+        )
+    assert reply.has_error()
+    assert reply.error.reason.startswith("FedktError in the FedCoLLM client of partition 1;")
+    assert "bytes" not in reply.error.reason  # the detail stays in the client's log
+    assert "over the limit of 100 bytes" in caplog.text
+
+
+def _reply(node: int, content: RecordDict | None = None, error: Error | None = None) -> Message:
+    metadata = Metadata(1, f"r{node}", node, 0, "m1", "0", time.time(), 60.0, keys.TRAIN)
+    return Message(content=content, error=error, metadata=metadata)
+
+
+def test_server_refuses_failed_or_oversized_replies() -> None:
+    theta = {"w": torch.ones(64)}
+    good = RecordDict(
+        {
+            keys.ADAPTER: adapter_to_record(theta),
+            keys.COUNTS: MetricRecord({keys.N_EXAMPLES: 3}),
+        }
+    )
+    updates, sizes = read_replies([_reply(9, good), _reply(4, good)], limit=10_000)
+    assert list(updates) == [4, 9] and updates[4].n_examples == 3
+    assert sizes == {4: payload_bytes(good), 9: payload_bytes(good)}
+    failed = _reply(5, error=Error(code=0, reason="ModelError in the client of partition 1"))
+    with pytest.raises(FedktError, match=r"1 of 2 clients failed.*node 5: ModelError"):
+        read_replies([_reply(4, good), failed], limit=10_000)
+    with pytest.raises(FedktError, match=r"reply of node 4: .* over the limit of 100 bytes"):
+        read_replies([_reply(4, good)], limit=100)
+
+
+# -- one simulated round ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recorder:
+    """A client mod keeping every message the client sends (pickled, one file each)."""
+
+    directory: Path
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        out = call_next(msg, context)
+        (self.directory / f"{uuid4().hex}.pkl").write_bytes(pickle.dumps(out))
+        return out
+
+
+@pytest.fixture(scope="module")
+def simulated(
+    spec: FederationSpec, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[FederationResult, list[Message]]]:
+    sent = tmp_path_factory.mktemp("sent")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
+        env.setenv("FLWR_TELEMETRY_ENABLED", "0")
+        env.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
+        result = simulate_fedcollm(spec, client_mods=[Recorder(sent)])
+    yield result, [pickle.loads(p.read_bytes()) for p in sorted(sent.iterdir())]
+
+
+def test_one_round_runs_end_to_end_and_matches_the_in_process_round(
+    spec: FederationSpec, simulated: tuple[FederationResult, list[Message]]
+) -> None:
+    result, _ = simulated
+    models = load_server_models(spec)  # the same seeded start as the simulation's server
+    theta0 = adapter_state(models.slm)
+    assert any(not torch.equal(result.slm_adapter[k], theta0[k]) for k in theta0)
+    client = add_lora(load_model(spec.slm, dtype="float32", device="cpu"), SETTINGS.lora)
+    clients = [LocalClient(client, part) for part in CLIENT_DATA]
+    reference = run_round(
+        models.llm, models.slm, models.tokenizer, clients, spec.public_data, SETTINGS
+    )
+    for key, tensor in reference.adapter.items():
+        torch.testing.assert_close(result.slm_adapter[key], tensor, msg=key)
+    for key, tensor in adapter_state(models.llm).items():
+        torch.testing.assert_close(result.llm_adapter[key], tensor, msg=key)
+    (record,) = result.rounds
+    assert record.metrics["clients"] == 2 and record.metrics["client_examples"] == 4
+    assert record.metrics["distil_loss"] == pytest.approx(
+        reference.metrics["distil_loss"], rel=1e-4
+    )
+
+
+def test_bytes_are_counted_per_client_and_direction(
+    simulated: tuple[FederationResult, list[Message]],
+) -> None:
+    result, sent = simulated
+    (record,) = result.rounds
+    theta_down = payload_bytes(broadcast_content(result.slm_adapter, 0))
+    assert len(record.bytes_down) == len(record.bytes_up) == 2
+    assert set(record.bytes_down.values()) == {theta_down}  # same shapes as what was sent
+    assert sorted(record.bytes_up.values()) == sorted(payload_bytes(m.content) for m in sent)
+    assert record.total_bytes_up == sum(record.bytes_up.values())
+    assert record.total_bytes_down == 2 * theta_down
+
+
+def _needles() -> list[str]:
+    needles = []
+    for examples in CLIENT_DATA:
+        for ex in examples:
+            question = ex.context.removeprefix("Question: ").removesuffix("\nAnswer:")
+            answer = ex.training_pair()[1]
+            needles += [ex.context, question, *ex.choices, " ".join(ex.choices), answer]
+    return needles
+
+
+def _leaks(msg: Message) -> list[str]:
+    """The private strings found in ``msg``: in its record names and keys, its decoded config
+    and metric values, the bytes of its arrays, and the whole message as Flower serializes it."""
+    content = msg.content
+    strings = [*content, *(key for record in content.values() for key in record)]
+    for record in [*content.config_records.values(), *content.metric_records.values()]:
+        strings += [
+            v.decode(errors="ignore") if isinstance(v, bytes) else str(v) for v in record.values()
+        ]
+    arrays = b"".join(a.data for record in content.array_records.values() for a in record.values())
+    wire = b"".join(obj.deflate() for obj in get_all_nested_objects(msg).values())
+    return [
+        needle
+        for needle in _needles()
+        if any(needle in s for s in strings) or needle.encode() in arrays or needle.encode() in wire
+    ]
+
+
+def test_the_leak_search_finds_text_hidden_in_arrays_or_configs() -> None:
+    question, choice = PRIVATE[0][0], PRIVATE[1][1][0]
+    planted = RecordDict(
+        {
+            "adapter": ArrayRecord([np.frombuffer(question.encode(), dtype=np.uint8)]),
+            "config": ConfigRecord({"note": f"the answer is {choice}"}),
+        }
+    )
+    msg = Message(planted, metadata=Metadata(1, "m2", 7, 0, "m1", "0", time.time(), 60.0, "train"))
+    assert {question, choice} <= set(_leaks(msg))
+
+
+def test_clients_send_no_question_choice_or_answer_text(
+    simulated: tuple[FederationResult, list[Message]],
+) -> None:
+    _, sent = simulated
+    assert len(sent) == 2  # one reply per client, and nothing else left a client
+    for msg in sent:
+        assert not msg.has_error()
+        assert set(msg.content.array_records) == {keys.ADAPTER}
+        assert set(msg.content.metric_records) == {keys.COUNTS}
+        assert not msg.content.config_records
+        assert _leaks(msg) == []
