@@ -99,13 +99,21 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         xs = range(len(models))
         ax.bar([x - 0.2 for x in xs], zero, width=0.4, label="zero-shot")
         ax.bar([x + 0.2 for x in xs], tuned, width=0.4, label="LoRA fine-tuned")
-        ax.set_xticks(list(xs), [m.replace("smollm2-135m", "135m") for m in models], rotation=30)
+        ax.set_xticks(list(xs), [_short(m) for m in models], rotation=20)
         ax.set_title(task)
     axes_list = axes if len(tasks) > 1 else [axes]
     axes_list[0].set_ylabel("validation acc (%)")
     axes_list[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _short(name: str) -> str:
+    """'smollm2-135m@layers=8,healed=true' -> '8L healed' (axis labels must fit)."""
+    if "@" not in name:
+        return "LLM"
+    options = dict(kv.split("=") for kv in name.split("@", 1)[1].split(","))
+    return f"{options['layers']}L " + ("healed" if options.get("healed") == "true" else "cut")
 
 
 def _print(results: dict[str, Any]) -> None:

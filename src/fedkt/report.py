@@ -37,6 +37,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(body, handle, indent=2, default=str)
         handle.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
     os.replace(tmp, path)
     return path
 
