@@ -1,4 +1,4 @@
-"""The ``fedkt`` command: thin argument parsing over `fedkt.jobs`.
+"""The ``fedkt`` command: thin argument parsing over `fedkt.jobs` and `fedkt.experiments`.
 
 Flags override the TOML config field by field, so ``fedkt eval --model X --task Y`` works without
 a file and ``fedkt eval --config c.toml --limit 50`` tweaks one. Every fedkt error is printed as
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from fedkt.config import FedktConfig, load_config, with_overrides
@@ -49,6 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     finetune.add_argument("--train-limit", type=int, help="use the first N train rows")
     finetune.set_defaults(handler=_finetune)
 
+    run = commands.add_parser(
+        "run", help="FedCoLLM and its baselines on each task: table, results.json, plot"
+    )
+    run.add_argument("config", help="TOML config file ([federation], [fedcollm], [train], ...)")
+    run.add_argument("--task", action="append", help="task name (repeatable)")
+    run.add_argument("--limit", type=int, help="evaluate on the first N rows only")
+    run.add_argument("--train-limit", type=int, help="use the first N train rows")
+    run.add_argument("--output-dir", help="where results.json and results.png are written")
+    run.add_argument("--data-dir", help="local data directory (default: $FEDKT_DATA_DIR)")
+    run.set_defaults(handler=_run)
+
     student = commands.add_parser(
         "make-student", help="cut a teacher to its first layers and heal the cut (cached)"
     )
@@ -78,11 +91,11 @@ def _config_from(args: argparse.Namespace) -> FedktConfig:
     config = load_config(args.config) if args.config else FedktConfig()
     if args.handler is _make_student:
         return with_overrides(config, data=with_overrides(config.data, dir=args.data_dir))
-    models = tuple(args.model) if args.model else None
+    models = tuple(args.model) if getattr(args, "model", None) else None
     data = with_overrides(
         config.data,
         tasks=tuple(args.task) if args.task else None,
-        split=args.split,
+        split=getattr(args, "split", None),
         limit=args.limit,
         dir=args.data_dir,
         train_limit=getattr(args, "train_limit", None),
@@ -132,6 +145,27 @@ def _finetune(config: FedktConfig, args: argparse.Namespace) -> int:
     print(format_table(["task", "metric", "before", "after", "n", "train s"], rows))
     print(f"results: {config.output_dir}/results.json")
     return 0
+
+
+def _run(config: FedktConfig, args: argparse.Namespace) -> int:
+    _prepare_flower(config)
+    from fedkt.experiments import plot_results, results_table, run_experiment
+
+    results = run_experiment(config)
+    print(results_table(results))
+    plot = plot_results(results, Path(config.output_dir) / "results.png")
+    print(f"results: {config.output_dir}/results.json, plot: {plot}")
+    return 0
+
+
+def _prepare_flower(config: FedktConfig) -> None:
+    """Environment for the Flower simulation, set before flwr is imported (it reads telemetry
+    at import). Ray's client processes inherit it, so the cache setting reaches them too."""
+    os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+    os.environ["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    os.environ.setdefault("FLWR_HOME", str(Path(config.output_dir).resolve() / "flwr-home"))
+    if config.cache_dir:
+        os.environ["FEDKT_CACHE_DIR"] = config.cache_dir
 
 
 def _make_student(config: FedktConfig, args: argparse.Namespace) -> int:

@@ -28,11 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from fedkt.algorithms.fedcollm import Aggregation, FedCoLLMSettings
 from fedkt.errors import ConfigError
 from fedkt.models import LoraSettings
 from fedkt.training import TrainSettings
 
 T = TypeVar("T")
+
+Baseline = Literal["zero_shot", "standalone", "fedavg", "centralized", "fedcollm"]
+BASELINES: tuple[Baseline, ...] = typing.get_args(Baseline)
+"""The five methods `fedkt run` compares, in the order the paper's tables list them."""
+
+_FEDCOLLM = FedCoLLMSettings()  # the defaults of [fedcollm] are the protocol's own
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,79 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class FedCoLLMConfig:
+    """FedCoLLM's server-side hyperparameters (see `FedCoLLMSettings` for their meaning).
+
+    The clients' local training and both models' LoRA come from the top-level [train] and
+    [lora] sections, so each setting has exactly one place in the file. ``kd_top_k`` left out
+    means distillation over the full vocabulary (exact).
+    """
+
+    rounds: int = _FEDCOLLM.rounds
+    kd_lambda: float = _FEDCOLLM.kd_lambda
+    kd_temperature: float = _FEDCOLLM.kd_temperature
+    kd_top_k: int | None = _FEDCOLLM.kd_top_k
+    kd_steps: int = _FEDCOLLM.kd_steps
+    kd_batch_size: int = _FEDCOLLM.kd_batch_size
+    aggregation: Aggregation = _FEDCOLLM.aggregation
+    llm_lr: float = _FEDCOLLM.llm_lr
+    slm_lr: float = _FEDCOLLM.slm_lr
+    seed: int = _FEDCOLLM.seed
+
+    def __post_init__(self) -> None:
+        self.settings(TrainSettings(), LoraSettings())  # the protocol's own range checks
+
+    def settings(self, client: TrainSettings, lora: LoraSettings) -> FedCoLLMSettings:
+        """The protocol settings: these fields plus the clients' training and the LoRA."""
+        return FedCoLLMSettings(**dataclasses.asdict(self), client=client, lora=lora)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Who takes part in `fedkt run`, how the train split is shared, and what is compared.
+
+    Args:
+        llm: the server LLM's model name.
+        slm: the clients' SLM (and the server's copy of it); must share the LLM's vocabulary.
+        clients: number of clients K.
+        partition: ``fedcollm`` cuts the train rows into K + 1 equal random parts (the last
+            is the server's public set); ``iid`` and ``dirichlet`` keep that public part and
+            re-split the clients' rows, ``dirichlet`` skewing their labels by ``alpha``.
+        alpha: Dirichlet concentration (``dirichlet`` only; small = few labels per client).
+        seed: seed of the partition (FedCoLLM: 123).
+        baselines: methods to run, in this order.
+        eval_every_round: evaluate FedCoLLM's LLM and SLM after every round (a learning
+            curve), not only after the last one.
+        client_cpus: CPU cores each simulated client reserves (clients run side by side when
+            the machine has room for several).
+        client_gpus: share of a GPU each simulated client reserves (0: clients on CPU).
+    """
+
+    llm: str = "smollm2-135m"
+    slm: str = "smollm2-135m@layers=8,healed=true"
+    clients: int = 4
+    partition: Literal["fedcollm", "iid", "dirichlet"] = "fedcollm"
+    alpha: float = 1.0
+    seed: int = 123
+    baselines: tuple[Baseline, ...] = BASELINES
+    eval_every_round: bool = True
+    client_cpus: int = 1
+    client_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.clients < 1 or self.client_cpus < 1 or self.client_gpus < 0 or self.alpha <= 0:
+            raise ConfigError(
+                f"federation: clients={self.clients} and client_cpus={self.client_cpus} must "
+                f"be >= 1, client_gpus={self.client_gpus} >= 0 and alpha={self.alpha} > 0"
+            )
+        if not self.baselines or len(set(self.baselines)) != len(self.baselines):
+            raise ConfigError(
+                f"federation.baselines = {list(self.baselines)}: name each of "
+                f"{list(BASELINES)} at most once, and at least one"
+            )
+
+
+@dataclass(frozen=True)
 class FedktConfig:
     """The whole run: one of these per TOML file."""
 
@@ -119,6 +199,8 @@ class FedktConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    fedcollm: FedCoLLMConfig = field(default_factory=FedCoLLMConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
 
 def load_config(path: str | Path) -> FedktConfig:
