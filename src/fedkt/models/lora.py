@@ -7,6 +7,7 @@ https://arxiv.org/abs/2106.09685: ``W x + (alpha / r) B A x`` with ``A`` random,
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -101,6 +102,18 @@ def load_adapter_state(model: PeftModel, state: dict[str, torch.Tensor]) -> None
             f"adapter state has the right keys but wrong shapes ({err}): both sides must use "
             "the same base model and LoRA rank"
         ) from err
+
+
+def merged_copy(model: PeftModel) -> PreTrainedModel:
+    """A plain copy of ``model`` with its adapters folded into the base weights, for scoring.
+
+    peft keeps LoRA weights in fp32 and casts every adapted layer's activations up and back,
+    which makes a bf16 model 2-3x slower to score on a CPU; the merged copy runs at the base
+    model's speed with the same weights (up to bf16 rounding of ``W + BA``). ``model`` itself
+    is left untouched, so training can go on.
+    """
+    _require_peft(model, "merged_copy")
+    return copy.deepcopy(model).merge_and_unload()
 
 
 def _require_peft(model: object, what: str) -> None:
