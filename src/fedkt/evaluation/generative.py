@@ -14,13 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import torch
-from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from fedkt.data import Example
-from fedkt.errors import DataError, ModelError
-from fedkt.evaluation.runtime import CausalLM, eval_mode
+from fedkt.errors import DataError
+from fedkt.evaluation.runtime import CausalLM
+from fedkt.generation import GenerationSettings, Request, TransformersBackend, generate_responses
 
 STOP_STRING = "Question:"
 """Generation stops here: a model that starts the next question has finished its answer."""
@@ -48,7 +47,6 @@ def extract_final_number(text: str) -> str | None:
     return _normalize(numbers[-1]) if numbers else None
 
 
-@torch.inference_mode()
 def generate_completions(
     model: CausalLM,
     tokenizer: PreTrainedTokenizerBase,
@@ -60,55 +58,16 @@ def generate_completions(
 ) -> list[str]:
     """Greedy continuation of each context, cut at `STOP_STRING`, in the order given.
 
-    Batches are left-padded (generation appends on the right) and formed from contexts of
-    similar length, longest first, to waste little compute on padding.
+    A thin call into `fedkt.generation` (the one batched generation path): left-padded
+    batches of contexts of similar length, longest first, with the model in eval mode.
     """
-    if tokenizer.pad_token_id is None:
-        raise ModelError(
-            f"tokenizer {tokenizer.name_or_path!r} has no pad token, needed for batched "
-            "generation; load it with fedkt.models.load_tokenizer, which sets one"
-        )
-    config = _greedy_config(model, tokenizer, max_new_tokens)
-    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
-    completions = [""] * len(contexts)
-    starts = tqdm(range(0, len(order), batch_size), disable=not progress, desc="generate")
-    with eval_mode(model):
-        for start in starts:
-            batch = order[start : start + batch_size]
-            texts = _generate_batch(model, tokenizer, [contexts[i] for i in batch], config)
-            for index, text in zip(batch, texts, strict=True):
-                completions[index] = text
-    return completions
-
-
-def _greedy_config(
-    model: CausalLM, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int
-) -> GenerationConfig:
-    """Plain greedy decoding, stopping at the model's and the tokenizer's EOS tokens."""
-    eos = model.generation_config.eos_token_id if model.generation_config else None
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        stop_strings=[STOP_STRING],
-        eos_token_id=sorted(i for i in eos_ids if i is not None),
-        pad_token_id=tokenizer.pad_token_id,
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens, batch_size=batch_size, stop=(STOP_STRING,)
     )
-
-
-def _generate_batch(
-    model: CausalLM,
-    tokenizer: PreTrainedTokenizerBase,
-    contexts: list[str],
-    config: GenerationConfig,
-) -> list[str]:
-    inputs = tokenizer(contexts, padding=True, padding_side="left", return_tensors="pt")
-    inputs = inputs.to(model.device)
-    # PeftModel only gains generate() in its task subclasses, which mypy cannot see here.
-    output = model.generate(**inputs, generation_config=config, tokenizer=tokenizer)  # type: ignore[operator]
-    new_tokens = output[:, inputs["input_ids"].shape[1] :]
-    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    return [text.split(STOP_STRING)[0] for text in texts]
+    requests = [Request(str(i), context) for i, context in enumerate(contexts)]
+    backend = TransformersBackend(model, tokenizer)
+    answers = generate_responses(backend, requests, settings, progress=progress)
+    return [answers[request.id] for request in requests]
 
 
 def evaluate_exact_match(
