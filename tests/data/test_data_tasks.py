@@ -35,13 +35,14 @@ def test_every_split_loads_with_its_row_count(
     assert all(e.is_generative == (TASKS[task].kind == "generative") for e in examples)
 
 
-# (task, split, row index, id, context, choices, gold)
+# (task, split, row index, id, question, context, choices, gold)
 SPOT_CHECKS = [
     (
         "arc_easy",
         "train",
         4,  # one of the rows labelled 1-4 instead of A-D
         "NYSEDREGENTS_2006_8_10",
+        "Rocks are classified as igneous, metamorphic, or sedimentary according to",
         "Question: Rocks are classified as igneous, metamorphic, or sedimentary according to"
         "\nAnswer:",
         ("their color", "their shape", "how they formed", "the minerals they contain"),
@@ -52,6 +53,7 @@ SPOT_CHECKS = [
         "validation",
         499,
         "7-242",
+        "Owls spend their nights",
         "Owls spend their nights",
         (
             "tending to their homes",
@@ -66,6 +68,7 @@ SPOT_CHECKS = [
         "validation",
         4,
         "2435de612dd69f2012b9e40d6af4ce38",
+        "James was looking for a good place to buy farmland.  Where might he look?",
         "Question: James was looking for a good place to buy farmland.  Where might he look?"
         "\nAnswer:",
         ("midwest", "countryside", "estate", "farming areas", "illinois"),
@@ -76,6 +79,8 @@ SPOT_CHECKS = [
         "validation",
         2,
         "ag_news-validation-2",
+        "Giddy Phelps Touches Gold for First Time Michael Phelps won the gold medal in "
+        "the 400 individual medley and set a world record in a time of 4 minutes 8.26 seconds.",
         "Article: Giddy Phelps Touches Gold for First Time Michael Phelps won the gold medal in "
         "the 400 individual medley and set a world record in a time of 4 minutes 8.26 seconds."
         "\nTopic:",
@@ -86,7 +91,7 @@ SPOT_CHECKS = [
 
 
 @pytest.mark.parametrize(
-    ("task", "split", "index", "id_", "context", "choices", "gold"), SPOT_CHECKS
+    ("task", "split", "index", "id_", "question", "context", "choices", "gold"), SPOT_CHECKS
 )
 def test_multiple_choice_rows_are_formatted_like_lm_eval(
     shared_data_dir: Path,
@@ -94,12 +99,15 @@ def test_multiple_choice_rows_are_formatted_like_lm_eval(
     split: str,
     index: int,
     id_: str,
+    question: str,
     context: str,
     choices: tuple[str, ...],
     gold: int,
 ) -> None:
     example = load_examples(task, split, shared_data_dir, limit=index + 1)[index]
-    assert example == Example(id=id_, context=context, choices=choices, gold=gold)
+    assert example == Example(
+        id=id_, context=context, choices=choices, gold=gold, question=question
+    )
     assert example.training_pair() == (context, " " + choices[gold])
 
 
@@ -110,6 +118,7 @@ def test_gsm8k_trains_on_the_solution_and_grades_the_number(shared_data_dir: Pat
     assert example.context.endswith("after 30 days of work?\nAnswer:")
     assert example.target.endswith("$<<36*30=1080>>1080.\n#### 1,080")
     assert example.answer == "1080"  # comma removed
+    assert example.question == example.context.removeprefix("Question: ").removesuffix("\nAnswer:")
     assert (example.choices, example.gold) == ((), -1)
     assert example.training_pair() == (example.context, TARGET_DELIMITER + example.target)
 

@@ -2,8 +2,20 @@
 
 Rows come from the hub (``datasets``) or from local JSONL files in the same schema; every task
 row becomes an `Example`, the one record the evaluation and training libraries consume.
+`fedkt.data.cot` holds FedCoT's text formats (prompts, rationale filter, predict/explain tasks).
 """
 
+from fedkt.data.cot import (
+    RATIONALE_STOP,
+    WORKED_EXAMPLES,
+    WorkedExample,
+    clean_rationale,
+    explain_example,
+    predict_example,
+    rationale_request,
+    recovery_prompt,
+    render_question,
+)
 from fedkt.data.example import TARGET_DELIMITER, Example
 from fedkt.data.partition import split_dirichlet, split_fedcollm, split_iid
 from fedkt.data.sources import DATA_DIR_ENV, load_examples, load_rows, resolve_data_dir
@@ -12,14 +24,23 @@ from fedkt.data.tokenization import encode_pair, tok_encode
 
 __all__ = [
     "DATA_DIR_ENV",
+    "RATIONALE_STOP",
     "TARGET_DELIMITER",
     "TASKS",
+    "WORKED_EXAMPLES",
     "Example",
     "TaskSpec",
+    "WorkedExample",
+    "clean_rationale",
     "encode_pair",
+    "explain_example",
     "get_task",
     "load_examples",
     "load_rows",
+    "predict_example",
+    "rationale_request",
+    "recovery_prompt",
+    "render_question",
     "resolve_data_dir",
     "split_dirichlet",
     "split_fedcollm",

@@ -21,7 +21,10 @@ class Example:
 
     Multiple-choice examples carry `choices` and the `gold` index; generative ones carry no
     choices, ``gold == -1``, the full reference `target` to train on and the short `answer`
-    compared by exact match.
+    compared by exact match. `question` is the row's raw question text (ARC/CQA ``question``,
+    OBQA ``question_stem``, GSM8K ``question``, AG News ``text``) without prompt scaffolding or
+    choices, for formats that re-wrap the question (FedCoT, `fedkt.data.cot`); it is ``""`` for
+    examples not built from a task row.
     """
 
     id: str
@@ -30,6 +33,7 @@ class Example:
     gold: int
     target: str = ""
     answer: str = ""
+    question: str = ""
 
     def __post_init__(self) -> None:
         # Caught here, a bad gold index fails at load time instead of as an IndexError deep

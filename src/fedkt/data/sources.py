@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -54,20 +55,41 @@ def load_examples(
 ) -> list[Example]:
     """The first `limit` rows (all when None) of one split as `Example`s.
 
-    Rows without an ``id`` field get ``f"{task}-{split}-{row index}"``: the index is the row's
-    position in the split, which is the same on the hub and in the local files.
+    ``split`` may carry a row slice as the hub writes it, e.g. ``"train[-200:]"`` (the last
+    200 train rows: a held-out set for a task with no validation split, such as GSM8K).
+    Rows without an ``id`` field get ``f"{task}-{name}-{row index}"``: the index is the row's
+    position in the whole split, the same on the hub and in the local files, sliced or not.
     """
     spec = _spec(task)
+    name, rows = split_slice(split)
+    located = _located_rows(spec, name, data_dir)
+    positions = range(len(located))[rows]
     examples: list[Example] = []
-    for index, (where, row) in enumerate(_located_rows(spec, split, data_dir)[:limit]):
+    for index in positions[:limit]:
+        where, row = located[index]
         try:
             example = spec.to_example(row)
         except RowError as err:
             raise DataError(f"{where}: {err}; fix or remove this row") from err
         examples.append(
-            example if example.id else replace(example, id=f"{spec.name}-{split}-{index}")
+            example if example.id else replace(example, id=f"{spec.name}-{name}-{index}")
         )
     return examples
+
+
+_SLICE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+
+
+def split_slice(split: str) -> tuple[str, slice]:
+    """``"train[-200:]"`` -> ``("train", slice(-200, None))``; a plain name takes every row."""
+    match = _SLICE.match(split.strip())
+    if match is None:
+        raise DataError(
+            f"split {split!r} is not a split name or a row slice; write e.g. 'validation', "
+            "'train[:1000]' or 'train[-200:]' (row numbers, not percentages)"
+        )
+    start, stop = (int(v) if v else None for v in match.group("start", "stop"))
+    return match.group("name"), slice(start, stop)
 
 
 def _spec(task: str | TaskSpec) -> TaskSpec:

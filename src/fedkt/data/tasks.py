@@ -1,6 +1,7 @@
 """The six tasks fedkt knows, in the Hugging Face row schema, formatted as lm-eval formats them.
 
-Each `TaskSpec.to_example` turns one hub row into an `Example`. The prompt formats copy
+Each `TaskSpec.to_example` turns one hub row into an `Example` (its `question` field keeps the
+row's raw question text, for formats that re-wrap it). The prompt formats copy
 lm-evaluation-harness 0.4.13 (``lm_eval/tasks/{arc,openbookqa,gsm8k}/*.yaml``) so that fedkt's
 accuracy agrees with lm-eval on the same rows. Two deliberate departures, both documented at
 the task: CommonsenseQA (FedCoLLM format, not lm-eval's lettered one) and AG News (no lm-eval
@@ -85,9 +86,10 @@ def _row_id(row: dict[str, Any]) -> str:
     return _text(row, "id") if "id" in row else ""
 
 
-def _multiple_choice(row: dict[str, Any], context: str) -> Example:
+def _multiple_choice(row: dict[str, Any], question: str, context: str) -> Example:
     texts, labels = _choices(row)
-    return Example(id=_row_id(row), context=context, choices=texts, gold=_gold(row, labels))
+    gold = _gold(row, labels)
+    return Example(id=_row_id(row), context=context, choices=texts, gold=gold, question=question)
 
 
 # ---- per-task formats ----
@@ -95,12 +97,14 @@ def _multiple_choice(row: dict[str, Any], context: str) -> Example:
 
 def arc_example(row: dict[str, Any]) -> Example:
     """lm-eval ``arc_easy``/``arc_challenge``; labels are A–E or 1–4, gold is their index."""
-    return _multiple_choice(row, f"Question: {_text(row, 'question')}\nAnswer:")
+    question = _text(row, "question")
+    return _multiple_choice(row, question, f"Question: {question}\nAnswer:")
 
 
 def openbookqa_example(row: dict[str, Any]) -> Example:
     """lm-eval ``openbookqa``: the bare question stem is the context (it reads as a cloze)."""
-    return _multiple_choice(row, _text(row, "question_stem"))
+    stem = _text(row, "question_stem")
+    return _multiple_choice(row, stem, stem)
 
 
 def commonsense_qa_example(row: dict[str, Any]) -> Example:
@@ -111,7 +115,8 @@ def commonsense_qa_example(row: dict[str, Any]) -> Example:
     Question/Answer format as ARC, so fedkt follows the paper: accuracies are comparable with
     the paper, not with lm-eval's ``commonsense_qa`` task.
     """
-    return _multiple_choice(row, f"Question: {_text(row, 'question')}\nAnswer:")
+    question = _text(row, "question")
+    return _multiple_choice(row, question, f"Question: {question}\nAnswer:")
 
 
 def gsm8k_example(row: dict[str, Any]) -> Example:
@@ -120,9 +125,15 @@ def gsm8k_example(row: dict[str, Any]) -> Example:
     if "####" not in solution:
         raise RowError("answer", "has no '#### <final answer>' line")
     final = solution.rsplit("####", 1)[1].strip().replace(",", "")
-    context = f"Question: {_text(row, 'question')}\nAnswer:"
+    question = _text(row, "question")
     return Example(
-        id=_row_id(row), context=context, choices=(), gold=-1, target=solution, answer=final
+        id=_row_id(row),
+        context=f"Question: {question}\nAnswer:",
+        choices=(),
+        gold=-1,
+        target=solution,
+        answer=final,
+        question=question,
     )
 
 
@@ -133,8 +144,11 @@ def ag_news_example(row: dict[str, Any]) -> Example:
     if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < 4:
         problem = "is missing" if "label" not in row else f"must be an int 0-3, got {label!r}"
         raise RowError("label", problem)
-    context = f"Article: {_text(row, 'text')}\nTopic:"
-    return Example(id=_row_id(row), context=context, choices=AG_NEWS_TOPICS, gold=label)
+    text = _text(row, "text")
+    context = f"Article: {text}\nTopic:"
+    return Example(
+        id=_row_id(row), context=context, choices=AG_NEWS_TOPICS, gold=label, question=text
+    )
 
 
 _MC_FIELDS = ("id", "question", "choices", "answerKey")

@@ -1,7 +1,7 @@
-"""fedkt.training: answer-only batches, CE and KD losses, and the fine-tuning loop."""
+"""fedkt.training: answer-only batches, CE and KD losses, and the (multi-task) fine-tuning loop."""
 
 from fedkt.training.batching import IGNORE_INDEX, collate, encode_answer_only
-from fedkt.training.loop import TrainReport, TrainSettings, train_answer_only
+from fedkt.training.loop import TrainReport, TrainSettings, train_answer_only, train_multitask
 from fedkt.training.losses import answer_cross_entropy, answer_positions, kd_loss
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "encode_answer_only",
     "kd_loss",
     "train_answer_only",
+    "train_multitask",
 ]
