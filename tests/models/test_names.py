@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from fedkt.errors import ModelError
-from fedkt.models import EMBEDDED, ModelSpec, parse_model_name
+from fedkt.models import EMBEDDED, EMBEDDED_MODELS, ModelSpec, parse_model_name
 
 
 @pytest.mark.parametrize(
@@ -17,6 +17,8 @@ from fedkt.models import EMBEDDED, ModelSpec, parse_model_name
         ("HuggingFaceTB/SmolLM2-360M@layers=4", ModelSpec("HuggingFaceTB/SmolLM2-360M", 4)),
         ("/models/run@3/student", ModelSpec("/models/run@3/student")),
         ("/models/run@3/student@layers=2", ModelSpec("/models/run@3/student", layers=2)),
+        ("gemma3-270m", ModelSpec("gemma3-270m")),
+        ("gemma3-270m@layers=6,healed=true", ModelSpec("gemma3-270m", 6, healed=True)),
     ],
 )
 def test_parse_model_name(name: str, expected: ModelSpec) -> None:
@@ -25,7 +27,14 @@ def test_parse_model_name(name: str, expected: ModelSpec) -> None:
 
 def test_embedded_flag() -> None:
     assert parse_model_name(f"{EMBEDDED}@layers=8").is_embedded
+    assert parse_model_name("gemma3-270m@layers=4").is_embedded
     assert not parse_model_name("org/model").is_embedded
+    assert not parse_model_name("gemma3-270m-it").is_embedded  # only exact table names
+
+
+def test_both_embedded_models_are_in_the_table() -> None:
+    assert EMBEDDED in EMBEDDED_MODELS
+    assert {"smollm2-135m", "gemma3-270m"} <= set(EMBEDDED_MODELS)
 
 
 def test_spec_is_frozen() -> None:

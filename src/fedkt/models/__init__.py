@@ -4,24 +4,39 @@ conversion cache; students cut to their first layers; LoRA adapters; tokenizer c
 
 from fedkt.models.compat import check_same_vocabulary, vocabulary_fingerprint
 from fedkt.models.devices import pick_device, pick_dtype
-from fedkt.models.embedded import embedded_model_dir, locate_embedded_gguf
+from fedkt.models.embedded import embedded_model, embedded_model_dir, locate_embedded_gguf
 from fedkt.models.loading import (
     load_model,
     load_model_and_tokenizer,
     load_tokenizer,
     resolve_cache_dir,
 )
-from fedkt.models.lora import LoraSettings, adapter_state, add_lora, load_adapter_state
-from fedkt.models.names import EMBEDDED, ModelSpec, parse_model_name
+from fedkt.models.lora import (
+    LoraSettings,
+    adapter_state,
+    add_lora,
+    load_adapter_state,
+    merged_copy,
+)
+from fedkt.models.names import (
+    EMBEDDED,
+    EMBEDDED_MODELS,
+    EmbeddedModel,
+    ModelSpec,
+    parse_model_name,
+)
 from fedkt.models.student import keep_first_layers, student_dir
 
 __all__ = [
     "EMBEDDED",
+    "EMBEDDED_MODELS",
+    "EmbeddedModel",
     "LoraSettings",
     "ModelSpec",
     "adapter_state",
     "add_lora",
     "check_same_vocabulary",
+    "embedded_model",
     "embedded_model_dir",
     "keep_first_layers",
     "load_adapter_state",
@@ -29,6 +44,7 @@ __all__ = [
     "load_model_and_tokenizer",
     "load_tokenizer",
     "locate_embedded_gguf",
+    "merged_copy",
     "parse_model_name",
     "pick_device",
     "pick_dtype",

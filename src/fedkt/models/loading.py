@@ -1,5 +1,5 @@
-"""Load any causal LM and its tokenizer by one name: the embedded model, a local directory or a
-hub id, optionally cut to its first layers (``"smollm2-135m@layers=8"``).
+"""Load any causal LM and its tokenizer by one name: an embedded model (``EMBEDDED_MODELS``), a
+local directory or a hub id, optionally cut to its first layers (``"smollm2-135m@layers=8"``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from transformers import (
 from fedkt.errors import ModelError
 from fedkt.models.devices import pick_device, pick_dtype
 from fedkt.models.embedded import embedded_model_dir
-from fedkt.models.names import EMBEDDED, ModelSpec, parse_model_name
+from fedkt.models.names import EMBEDDED_MODELS, ModelSpec, parse_model_name
 from fedkt.models.student import keep_first_layers, student_dir
 
 
@@ -88,19 +88,24 @@ def load_model_and_tokenizer(
 
 
 def _source(spec: ModelSpec, cache_dir: str | Path | None) -> str:
-    """What to give ``from_pretrained``: the converted embedded model, a directory or a hub id."""
+    """What to give ``from_pretrained``: a converted embedded model, a directory or a hub id."""
     if spec.healed:
         return str(_healed_student(spec, resolve_cache_dir(cache_dir)))
     if spec.is_embedded:
-        return str(embedded_model_dir(resolve_cache_dir(cache_dir)))
+        return str(embedded_model_dir(resolve_cache_dir(cache_dir), spec.base))
     if Path(spec.base).expanduser().is_dir():
         return str(Path(spec.base).expanduser())
     if spec.base.startswith(("/", ".", "~")):
         raise ModelError(
             f"model directory {spec.base!r} does not exist: pass a directory holding config.json "
-            f"and weights (e.g. written by save_pretrained), a hub id or {EMBEDDED!r}"
+            f"and weights (e.g. written by save_pretrained), a hub id or an embedded name "
+            f"({_embedded_names()})"
         )
     return spec.base
+
+
+def _embedded_names() -> str:
+    return ", ".join(repr(name) for name in EMBEDDED_MODELS)
 
 
 def _healed_student(spec: ModelSpec, cache_dir: Path) -> Path:
@@ -135,7 +140,8 @@ def _load_failure(name: str, source: str, err: Exception) -> str:
         return (
             f"model {name!r}: hub id {source!r} could not be found locally (HF_HUB_OFFLINE=1 and "
             "it is not in the Hugging Face cache). Pass a local directory holding config.json "
-            f"and weights (e.g. written by save_pretrained) or the embedded name {EMBEDDED!r}, "
+            f"and weights (e.g. written by save_pretrained) or an embedded name "
+            f"({_embedded_names()}), "
             "or unset HF_HUB_OFFLINE to download it"
         )
     return (
