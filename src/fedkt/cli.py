@@ -153,7 +153,14 @@ def _run(config: FedktConfig, args: argparse.Namespace) -> int:
 
     results = run_experiment(config)
     print(results_table(results))
-    plot = plot_results(results, Path(config.output_dir) / "results.png")
+    path = Path(config.output_dir) / "results.png"
+    if config.algorithm == "fedcot":
+        from fedkt.experiments.fedcot import plot_fedcot, privacy_table
+
+        print(privacy_table(results))
+        plot = plot_fedcot(results, path)
+    else:
+        plot = plot_results(results, path)
     print(f"results: {config.output_dir}/results.json, plot: {plot}")
     return 0
 

@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from fedkt.algorithms.fedcollm import Aggregation, FedCoLLMSettings
+from fedkt.algorithms.fedcot import FedCoTSettings
+from fedkt.data.cot import RATIONALE_STOP
 from fedkt.errors import ConfigError
+from fedkt.generation import GenerationSettings
 from fedkt.models import LoraSettings
 from fedkt.training import TrainSettings
 
@@ -187,12 +190,83 @@ class FederationConfig:
             )
 
 
+FedCoTBaseline = Literal["zero_shot", "standalone", "cot_upper_bound", "fedcot"]
+FEDCOT_BASELINES: tuple[FedCoTBaseline, ...] = typing.get_args(FedCoTBaseline)
+"""What `fedkt run` compares for FedCoT: both models zero-shot, the SLM trained on labels only,
+non-private CoT distillation (the server sees raw questions: the upper bound), and FedCoT
+for every strategy and epsilon."""
+
+
+@dataclass(frozen=True)
+class FedCoTConfig:
+    """FedCoT's settings (see `fedkt.algorithms.fedcot.FedCoTSettings` for their meaning).
+
+    The clients' SLM, the server LLM, the number of clients and the partition come from
+    [federation]; the SLM's training from [train] and [lora].
+
+    Args:
+        decoder: the clients' frozen local LM that recovers rationales (and whose embeddings
+            make the perturbation candidates).
+        strategies: DP mechanisms to compare: "em" and/or "aem".
+        eps: privacy budgets to compare (per token for EM; AEM spends the same prompt total);
+            ``inf`` sends the text unperturbed and is run once for both strategies.
+        baselines: methods to run, in this order.
+        alpha: weight of the explain loss (1 - alpha: the predict loss).
+        rationale_tokens: new tokens the server LLM may write per rationale.
+        recovery_tokens: new tokens the client's decoder may write per recovered rationale.
+        min_rationale_words: shorter rationales are dropped as degenerate.
+        min_letters: alphabetic tokens with at least this many letters are perturbed (1: all).
+        seed: seeds the perturbation.
+    """
+
+    decoder: str = "smollm2-135m"
+    strategies: tuple[Literal["em", "aem"], ...] = ("em", "aem")
+    eps: tuple[float, ...] = (1.0, 3.0, 5.0, 10.0, float("inf"))
+    baselines: tuple[FedCoTBaseline, ...] = FEDCOT_BASELINES
+    alpha: float = 0.5
+    rationale_tokens: int = 128
+    recovery_tokens: int = 128
+    min_rationale_words: int = 5
+    min_letters: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.strategies or not self.baselines:
+            raise ConfigError("fedcot.strategies and fedcot.baselines need at least one entry")
+        if any(e < 0 or e != e for e in self.eps):
+            raise ConfigError(f"fedcot.eps = {list(self.eps)}: every budget must be >= 0")
+        if self.rationale_tokens < 1 or self.recovery_tokens < 1:
+            raise ConfigError("fedcot.rationale_tokens and recovery_tokens must be at least 1")
+        self.settings(TrainSettings())  # the protocol's own range checks
+
+    def settings(
+        self, train: TrainSettings, strategy: str = "em", eps: float = 3.0
+    ) -> FedCoTSettings:
+        """The protocol settings of one (strategy, eps) point."""
+        return FedCoTSettings(
+            strategy=strategy,  # type: ignore[arg-type]
+            eps=eps,
+            alpha=self.alpha,
+            rationale=GenerationSettings(max_new_tokens=self.rationale_tokens, stop=RATIONALE_STOP),
+            recovery=GenerationSettings(max_new_tokens=self.recovery_tokens, stop=RATIONALE_STOP),
+            min_rationale_words=self.min_rationale_words,
+            min_letters=self.min_letters,
+            train=train,
+            seed=self.seed,
+        )
+
+
 @dataclass(frozen=True)
 class FedktConfig:
-    """The whole run: one of these per TOML file."""
+    """The whole run: one of these per TOML file.
+
+    ``algorithm`` picks what `fedkt run` runs: "fedcollm" (with [fedcollm]) or "fedcot"
+    (with [fedcot]); both take their parties from [federation].
+    """
 
     output_dir: str = "runs/default"
     cache_dir: str = ""
+    algorithm: Literal["fedcollm", "fedcot"] = "fedcollm"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -200,6 +274,7 @@ class FedktConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     fedcollm: FedCoLLMConfig = field(default_factory=FedCoLLMConfig)
+    fedcot: FedCoTConfig = field(default_factory=FedCoTConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
 
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
-from uuid import uuid4
 
 import numpy as np
 import pytest
@@ -26,11 +23,10 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.clientapp.typing import ClientAppCallable
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from conftest import build_tiny_llama
+from federation.capture import Recorder, find_leaks
 from fedkt.algorithms.fedcollm import FedCoLLMSettings, LocalClient, run_round
 from fedkt.data import Example
 from fedkt.errors import FedktError
@@ -181,18 +177,6 @@ def test_server_refuses_failed_or_oversized_replies() -> None:
 # -- one simulated round ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Recorder:
-    """A client mod keeping every message the client sends (pickled, one file each)."""
-
-    directory: Path
-
-    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-        out = call_next(msg, context)
-        (self.directory / f"{uuid4().hex}.pkl").write_bytes(pickle.dumps(out))
-        return out
-
-
 @pytest.fixture(scope="module")
 def simulated(
     spec: FederationSpec, tmp_path_factory: pytest.TempPathFactory
@@ -202,8 +186,9 @@ def simulated(
         env.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
         env.setenv("FLWR_TELEMETRY_ENABLED", "0")
         env.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
-        result = simulate_fedcollm(spec, client_mods=[Recorder(sent)])
-    yield result, [pickle.loads(p.read_bytes()) for p in sorted(sent.iterdir())]
+        recorder = Recorder(sent)
+        result = simulate_fedcollm(spec, client_mods=[recorder])
+    yield result, recorder.messages()
 
 
 def test_one_round_runs_end_to_end_and_matches_the_in_process_round(
@@ -253,21 +238,7 @@ def _needles() -> list[str]:
 
 
 def _leaks(msg: Message) -> list[str]:
-    """The private strings found in ``msg``: in its record names and keys, its decoded config
-    and metric values, the bytes of its arrays, and the whole message as Flower serializes it."""
-    content = msg.content
-    strings = [*content, *(key for record in content.values() for key in record)]
-    for record in [*content.config_records.values(), *content.metric_records.values()]:
-        strings += [
-            v.decode(errors="ignore") if isinstance(v, bytes) else str(v) for v in record.values()
-        ]
-    arrays = b"".join(a.data for record in content.array_records.values() for a in record.values())
-    wire = b"".join(obj.deflate() for obj in get_all_nested_objects(msg).values())
-    return [
-        needle
-        for needle in _needles()
-        if any(needle in s for s in strings) or needle.encode() in arrays or needle.encode() in wire
-    ]
+    return find_leaks(msg, _needles())
 
 
 def test_the_leak_search_finds_text_hidden_in_arrays_or_configs() -> None:

@@ -24,7 +24,12 @@ def run_experiment(config: FedktConfig) -> dict[str, Any]:
     Returns ``{"tasks": {task: {"rows": ..., "baselines": {name: outcome}}}, ...}`` where each
     outcome holds "llm" and "slm" scores (None where the method has no such model), its wall
     time in "seconds", and what the method adds (see `fedkt.experiments.baselines`).
+    With ``algorithm = "fedcot"`` FedCoT's baselines run instead (`fedkt.experiments.fedcot`).
     """
+    if config.algorithm == "fedcot":
+        from fedkt.experiments.fedcot import run_fedcot_experiment
+
+        return run_fedcot_experiment(config)
     results: dict[str, Any] = {
         "job": "run",
         "config": dataclasses.asdict(config),

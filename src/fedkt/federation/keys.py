@@ -1,12 +1,23 @@
-"""The FedCoLLM wire protocol: every record key, the message type and the size limit.
+"""The wire protocols: every record key, the message types and the size limit.
 
-A round is one Flower ``train`` message per client and one reply:
+FedCoLLM. A round is one Flower ``train`` message per client and one reply:
 
     server -> client   {ADAPTER: ArrayRecord(theta),   CONFIG: ConfigRecord{ROUND: t}}
     client -> server   {ADAPTER: ArrayRecord(theta_k), COUNTS: MetricRecord{N_EXAMPLES: n_k}}
 
-Nothing else crosses the boundary: no text, no losses, no client report. Keys live here
-only, so the two apps and any audit agree on them by construction.
+Nothing else crosses the boundary: no text, no losses, no client report.
+
+FedCoT. One ``query`` and one ``train`` message per client, no weights:
+
+    server -> client   QUERY  {CONFIG: ConfigRecord{ROUND: t}}
+    client -> server          {REQUESTS: ConfigRecord{IDS, PROMPTS}, PRIVACY: MetricRecord}
+    server -> client   TRAIN  {RATIONALES: ConfigRecord{IDS, TEXTS}, CONFIG}
+    client -> server          {RESULT: MetricRecord}
+
+PROMPTS are the DP-perturbed questions inside the server's instruction template; PRIVACY and
+RESULT hold numbers only (epsilon accounting, the leakage audit, accuracy, counts).
+
+Keys live here only, so the apps and any audit agree on them by construction.
 """
 
 from __future__ import annotations
@@ -18,6 +29,9 @@ from fedkt.federation.codec import payload_bytes
 
 TRAIN = MessageType.TRAIN
 """Message type of a round: the ClientApp's ``@app.train()`` handler answers it."""
+
+QUERY = MessageType.QUERY
+"""FedCoT: the server asks for a client's perturbed requests (``@app.query()``)."""
 
 ADAPTER = "adapter"
 """ArrayRecord: the global SLM adapter theta (down) or a client's theta_k (up)."""
@@ -33,6 +47,27 @@ COUNTS = "counts"
 
 N_EXAMPLES = "n-examples"
 """int in COUNTS: n_k, the client's number of training examples (weighted aggregation)."""
+
+REQUESTS = "requests"
+"""FedCoT ConfigRecord up: a client's request ids and perturbed prompts (parallel lists)."""
+
+RATIONALES = "rationales"
+"""FedCoT ConfigRecord down: the server's rationale per request id (parallel lists)."""
+
+IDS = "ids"
+"""list[str] in REQUESTS / RATIONALES: opaque request ids ("q0", "q1", ...)."""
+
+PROMPTS = "prompts"
+"""list[str] in REQUESTS: the perturbed prompts, in IDS order."""
+
+TEXTS = "texts"
+"""list[str] in RATIONALES: the rationales, in IDS order."""
+
+PRIVACY = "privacy"
+"""FedCoT MetricRecord up: the client's epsilon accounting and leakage audit (numbers)."""
+
+RESULT = "result"
+"""FedCoT MetricRecord up: the client's SLM scores and training/recovery counts."""
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 """256 MiB: a LoRA adapter of a 7B model (r=8, all linear layers) is ~80 MB in fp32, so only a

@@ -1,0 +1,413 @@
+"""FedCoT over Flower's Message API: the client and server apps, and their simulation.
+
+One round trip per run (see `fedkt.algorithms.fedcot` and the wire format in `keys`):
+the server sends QUERY, each client answers with its perturbed requests and its privacy
+numbers; the server's LLM writes a rationale per request; the server sends them back in a
+TRAIN message; each client recovers rationales for its real questions, trains its SLM and
+answers with its scores. Between the two messages the client keeps the perturbed questions
+it sent in ``context.state`` (Flower's per-node state), never in a message.
+
+Server-side request ids are content hashes of the prompts: a crashed run restarted with the
+same response store skips every prompt already answered, and identical prompts from several
+clients are generated once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+from flwr.common.constant import PARTITION_ID_KEY, ErrorCode
+from flwr.serverapp import Grid, ServerApp
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from fedkt.algorithms.fedcot import (
+    FedCoTSettings,
+    client_encode,
+    client_recover,
+    client_train,
+    privacy_report,
+    request_id,
+    server_rationales,
+)
+from fedkt.data import Example
+from fedkt.data.cot import predict_example
+from fedkt.errors import ConfigError, FedktError
+from fedkt.evaluation import evaluate
+from fedkt.federation import keys
+from fedkt.federation.server_app import wait_for_nodes
+from fedkt.generation import (
+    Backend,
+    Request,
+    Response,
+    ResponseStore,
+    TransformersBackend,
+    make_backend,
+    match_responses,
+)
+from fedkt.models import (
+    LoraSettings,
+    adapter_state,
+    add_lora,
+    load_adapter_state,
+    load_model_and_tokenizer,
+    merged_copy,
+)
+from fedkt.privacy import PerturbationKit, Strategy, TextPerturber, build_kit, public_importance
+
+_LOG = logging.getLogger(__name__)
+_PENDING = "fedcot-pending"
+"""context.state key (client-local): the perturbed questions sent, in request order."""
+
+
+@dataclass(frozen=True)
+class FedCoTSpec:
+    """One FedCoT run: models by name, the data, the settings.
+
+    Args:
+        llm: the server LLM (any tokenizer: only text crosses the boundary).
+        slm: the clients' task model, trained with LoRA.
+        decoder: the clients' frozen local LM that recovers rationales; its input embeddings
+            and tokenizer also make the perturbation kit.
+        client_data: the private labelled questions D_k, one tuple per client.
+        eval_data: public evaluation rows every client scores its SLM on (predict prefix).
+        public_texts: public text for the adaptive mechanism's token importance.
+        settings: the protocol's settings (strategy, eps, alpha, generation, training).
+        lora: the SLM's adapter.
+        dtype, device: for every model (None: fedkt.models picks).
+        client_cpus, client_gpus: Ray resources per simulated client.
+        eval_batch_size, eval_max_new_tokens: client-side scoring.
+        response_store: JSONL file of the server's answers (resumable); None: in memory.
+        max_message_bytes: larger messages are refused, in both directions.
+    """
+
+    llm: str
+    slm: str
+    decoder: str
+    client_data: tuple[tuple[Example, ...], ...]
+    eval_data: tuple[Example, ...]
+    public_texts: tuple[str, ...]
+    settings: FedCoTSettings
+    lora: LoraSettings
+    dtype: str | None = None
+    device: str | None = None
+    client_cpus: int = 1
+    client_gpus: float = 0.0
+    eval_batch_size: int = 16
+    eval_max_new_tokens: int = 256
+    response_store: str | None = None
+    max_message_bytes: int = keys.DEFAULT_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if not self.client_data or any(not part for part in self.client_data):
+            raise ConfigError(
+                "FedCoTSpec.client_data: need at least one client and no empty partition"
+            )
+        if not self.eval_data:
+            raise ConfigError("FedCoTSpec.eval_data is empty: give the clients rows to score")
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_data)
+
+
+@dataclass(frozen=True)
+class FedCoTResult:
+    """Per client (in node order): its privacy numbers and its result; bytes each way."""
+
+    privacy: tuple[dict[str, float], ...]
+    results: tuple[dict[str, float], ...]
+    bytes_up: dict[int, int]
+    bytes_down: dict[int, int]
+    seconds: float
+
+
+# ---- client -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ClientModels:
+    slm: PeftModel
+    slm_tokenizer: PreTrainedTokenizerBase
+    fresh_adapter: dict[str, torch.Tensor]
+    decoder: Backend
+    decoder_tokenizer: PreTrainedTokenizerBase
+    kit: PerturbationKit
+    importance: torch.Tensor
+
+    def perturber(self, settings: FedCoTSettings) -> TextPerturber:
+        """The mechanism of ``settings`` ("none" still needs the tokenizer: it is recorded)."""
+        strategy: Strategy = "aem" if settings.strategy == "aem" else "em"
+        return TextPerturber(self.decoder_tokenizer, self.kit, strategy, self.importance)
+
+
+_CLIENT_MODELS: dict[tuple[Any, ...], _ClientModels] = {}
+
+
+def make_fedcot_client_app(spec: FedCoTSpec, mods: Sequence[Mod] = ()) -> ClientApp:
+    """A ClientApp answering FedCoT's QUERY and TRAIN messages; ``mods`` wrap both handlers."""
+    app = ClientApp(mods=list(mods))
+    app.query()(partial(_guarded, _answer_query, spec))
+    app.train()(partial(_guarded, _answer_train, spec))
+    return app
+
+
+def _guarded(
+    handler: Callable[[FedCoTSpec, Message, Context, int], Message],
+    spec: FedCoTSpec,
+    msg: Message,
+    context: Context,
+) -> Message:
+    """Run ``handler``; on failure reply an error that quotes no data (details go to the
+    client's log only: an error about an example may quote it)."""
+    partition = int(context.node_config[PARTITION_ID_KEY])
+    try:
+        return handler(spec, msg, context, partition)
+    except Exception as err:  # the boundary of the client: nothing private may leave
+        _LOG.exception("FedCoT client of partition %d failed", partition)
+        reason = (
+            f"{type(err).__name__} in the FedCoT client of partition {partition}; the details "
+            "are in that client's log only (they may quote private data)."
+        )
+        return Message(
+            Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg
+        )
+
+
+def _answer_query(spec: FedCoTSpec, msg: Message, context: Context, partition: int) -> Message:
+    """Steps 1-2: perturb and wrap this client's questions; keep the perturbed text locally."""
+    models = _client_models(spec)
+    examples = spec.client_data[partition]
+    generator = torch.Generator().manual_seed(spec.settings.seed * 10_007 + partition)
+    queries = client_encode(examples, models.perturber(spec.settings), spec.settings, generator)
+    context.state[_PENDING] = ConfigRecord({keys.PROMPTS: list(queries.sent_questions)})
+    report = privacy_report(queries, models.kit, spec.settings)
+    content = RecordDict(
+        {
+            keys.REQUESTS: ConfigRecord(
+                {
+                    keys.IDS: [r.id for r in queries.requests],
+                    keys.PROMPTS: [r.prompt for r in queries.requests],
+                }
+            ),
+            keys.PRIVACY: MetricRecord(_numbers(report)),
+        }
+    )
+    keys.check_message_size(content, spec.max_message_bytes, what=f"requests of {partition}")
+    return Message(content, reply_to=msg)
+
+
+def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: int) -> Message:
+    """Steps 4-5: recover rationales, train the SLM multi-task, score it; reply numbers only."""
+    models = _client_models(spec)
+    examples = spec.client_data[partition]
+    sent = _strings(context.state.config_records[_PENDING], keys.PROMPTS)
+    record = msg.content.config_records[keys.RATIONALES]
+    ids, texts = _strings(record, keys.IDS), _strings(record, keys.TEXTS)
+    if len(ids) != len(texts):  # malformed: keep what pairs up, match_responses reports the rest
+        ids, texts = ids[: len(texts)], texts[: len(ids)]
+    received = [Response(i, t) for i, t in zip(ids, texts, strict=True)]
+    requests = [Request(request_id(i), "") for i in range(len(examples))]
+    responses, bad = match_responses(requests, received)
+    recovery = client_recover(models.decoder, examples, sent, responses, spec.settings)
+    load_adapter_state(models.slm, models.fresh_adapter)  # every run starts from one adapter
+    settings = spec.settings
+    train = replace(settings.train, seed=settings.train.seed + partition)
+    report = client_train(
+        models.slm, models.slm_tokenizer, examples, recovery, replace(settings, train=train)
+    )
+    scores = evaluate(
+        merged_copy(models.slm),
+        models.slm_tokenizer,
+        [predict_example(example) for example in spec.eval_data],
+        batch_size=spec.eval_batch_size,
+        max_new_tokens=spec.eval_max_new_tokens,
+    )
+    result = {
+        **scores,
+        "rationales": len(recovery.rationales),
+        "missing": recovery.missing,
+        "rejected": recovery.rejected,
+        "malformed": len(bad),
+        "train_steps": report.steps,
+        "train_seconds": report.seconds,
+        "first_loss": report.first_loss,
+        "last_loss": report.last_loss,
+    }
+    content = RecordDict({keys.RESULT: MetricRecord(_numbers(result))})
+    return Message(content, reply_to=msg)
+
+
+def _client_models(spec: FedCoTSpec) -> _ClientModels:
+    """This process's SLM (with LoRA), decoder and perturbation kit, built on first use."""
+    min_letters = spec.settings.min_letters
+    key = (
+        spec.slm,
+        spec.decoder,
+        spec.lora,
+        spec.dtype,
+        spec.device,
+        spec.public_texts,
+        min_letters,
+    )
+    if key not in _CLIENT_MODELS:
+        slm, slm_tokenizer = load_model_and_tokenizer(
+            spec.slm, dtype=spec.dtype, device=spec.device
+        )
+        decoder, decoder_tokenizer = load_model_and_tokenizer(
+            spec.decoder, dtype=spec.dtype, device=spec.device
+        )
+        embeddings = decoder.get_input_embeddings().weight.detach().float().cpu()  # type: ignore[operator]
+        torch.manual_seed(spec.settings.seed)
+        peft_slm = add_lora(slm, spec.lora)
+        _CLIENT_MODELS[key] = _ClientModels(
+            slm=peft_slm,
+            slm_tokenizer=slm_tokenizer,
+            fresh_adapter=adapter_state(peft_slm),
+            decoder=TransformersBackend(decoder, decoder_tokenizer),
+            decoder_tokenizer=decoder_tokenizer,
+            kit=build_kit(decoder_tokenizer, embeddings, min_letters=min_letters),
+            importance=public_importance(decoder_tokenizer, spec.public_texts),
+        )
+    return _CLIENT_MODELS[key]
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, int | float | list[int] | list[float]]:
+    """The numeric entries of ``values`` as floats, NaN dropped (a MetricRecord holds numbers
+    only, and NaN would not survive JSON)."""
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and v == v}
+
+
+def _floats(record: MetricRecord) -> dict[str, float]:
+    return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+
+
+# ---- server -------------------------------------------------------------------------------
+
+
+def run_fedcot_server(grid: Grid, spec: FedCoTSpec, backend: Backend) -> FedCoTResult:
+    """The server's side of the round trip, top to bottom."""
+    start = time.perf_counter()
+    nodes = wait_for_nodes(grid, spec.num_clients)
+    config = ConfigRecord({keys.ROUND: 0})
+    # steps 1-2 run on the clients: collect their perturbed requests
+    query = [
+        Message(RecordDict({keys.CONFIG: config}), dst_node_id=node, message_type=keys.QUERY)
+        for node in nodes
+    ]
+    replies = _by_node(grid.send_and_receive(query), spec)
+    bytes_up = {node: size for node, (_, size) in replies.items()}
+    requests = {node: _requests(reply) for node, (reply, _) in replies.items()}
+    privacy = tuple(_floats(replies[n][0].content.metric_records[keys.PRIVACY]) for n in nodes)
+    # step 3: one rationale per distinct prompt, keyed by its hash (resumable, deduplicated)
+    answers = _rationales(backend, requests, spec)
+    # steps 4-5 run on the clients: send each its rationales, collect its results
+    train, bytes_down = [], {}
+    for node in nodes:
+        ids = [r.id for r in requests[node]]
+        texts = [answers[_prompt_key(r.prompt)] for r in requests[node]]
+        content = RecordDict(
+            {
+                keys.RATIONALES: ConfigRecord({keys.IDS: ids, keys.TEXTS: texts}),
+                keys.CONFIG: config,
+            }
+        )
+        bytes_down[node] = keys.check_message_size(
+            content, spec.max_message_bytes, what=f"rationales for node {node}"
+        )
+        train.append(Message(content, dst_node_id=node, message_type=keys.TRAIN))
+    results = _by_node(grid.send_and_receive(train), spec)
+    for node, (_, size) in results.items():
+        bytes_up[node] += size
+    outcome = tuple(_floats(results[n][0].content.metric_records[keys.RESULT]) for n in nodes)
+    return FedCoTResult(privacy, outcome, bytes_up, bytes_down, time.perf_counter() - start)
+
+
+def _by_node(replies: Any, spec: FedCoTSpec) -> dict[int, tuple[Message, int]]:
+    """Each node's reply and its payload size; any error reply raises, naming the nodes."""
+    replies = list(replies)
+    errors = [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()]
+    if errors:
+        raise FedktError(
+            f"{len(errors)} of {len(replies)} FedCoT clients failed: " + "; ".join(errors)
+        )
+    return {
+        r.metadata.src_node_id: (
+            r,
+            keys.check_message_size(
+                r.content, spec.max_message_bytes, what=f"reply of node {r.metadata.src_node_id}"
+            ),
+        )
+        for r in replies
+    }
+
+
+def _requests(reply: Message) -> list[Request]:
+    record = reply.content.config_records[keys.REQUESTS]
+    ids, prompts = _strings(record, keys.IDS), _strings(record, keys.PROMPTS)
+    if len(ids) != len(prompts):
+        raise FedktError(
+            f"node {reply.metadata.src_node_id} sent {len(ids)} request ids for "
+            f"{len(prompts)} prompts; its client must send parallel lists"
+        )
+    return [Request(i, p) for i, p in zip(ids, prompts, strict=True)]
+
+
+def _strings(record: ConfigRecord, key: str) -> list[str]:
+    """``record[key]`` as a list of strings; anything else is a malformed message."""
+    value = record.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FedktError(f"malformed FedCoT message: {key!r} must be a list of strings")
+    return [str(v) for v in value]
+
+
+def _rationales(
+    backend: Backend, requests: dict[int, list[Request]], spec: FedCoTSpec
+) -> dict[str, str]:
+    unique = {_prompt_key(r.prompt): r.prompt for rs in requests.values() for r in rs}
+    store = ResponseStore(None if spec.response_store is None else Path(spec.response_store))
+    batch = [Request(key, prompt) for key, prompt in unique.items()]
+    return server_rationales(backend, batch, spec.settings, store)
+
+
+def _prompt_key(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:24]
+
+
+# ---- simulation ---------------------------------------------------------------------------
+
+
+def simulate_fedcot(spec: FedCoTSpec, *, client_mods: Sequence[Mod] = ()) -> FedCoTResult:
+    """Run ``spec`` with one simulated SuperNode per client partition; the server LLM lives in
+    this process (vLLM when installed and a GPU is present, else transformers)."""
+    from flwr.simulation import run_simulation  # imports Ray (~1 s): only when simulating
+
+    results: list[FedCoTResult] = []
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        model, tokenizer = load_model_and_tokenizer(spec.llm, dtype=spec.dtype, device=spec.device)
+        backend = make_backend(model, tokenizer, prefer_vllm=True, model_path=None)
+        results.append(run_fedcot_server(grid, spec, backend))
+
+    run_simulation(
+        server_app=server,
+        client_app=make_fedcot_client_app(spec, client_mods),
+        num_supernodes=spec.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": spec.client_cpus, "num_gpus": spec.client_gpus}
+        },
+    )
+    return results[0]
