@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 import torch
+from kit_fixtures import kit, tokenizer  # noqa: F401 (fixtures)
 from transformers import PreTrainedTokenizerFast
 
-from conftest import build_tiny_tokenizer
 from fedkt.errors import ConfigError
 from fedkt.privacy import (
     CandidateSet,
@@ -29,17 +29,6 @@ TEXTS = [
     "Natalia sold 48 clips in April and half as many in May. #### 72",
     "Scientists launched a new satellite to study the sun and the sea water.",
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    return build_tiny_tokenizer(600)
-
-
-@pytest.fixture(scope="module")
-def kit(tokenizer: PreTrainedTokenizerFast) -> PerturbationKit:
-    emb = torch.randn(len(tokenizer), 16, generator=torch.Generator().manual_seed(0))
-    return build_kit(tokenizer, emb)
 
 
 def test_map_inversion_matches_brute_force() -> None:

@@ -6,15 +6,14 @@ import math
 
 import pytest
 import torch
+from kit_fixtures import kit, tokenizer  # noqa: F401 (fixtures)
 from transformers import PreTrainedTokenizerFast
 
-from conftest import build_tiny_tokenizer
 from fedkt.errors import ConfigError
 from fedkt.privacy import (
     PerturbationKit,
     PrivacyRecord,
     TextPerturber,
-    build_kit,
     privacy_summary,
     public_importance,
     unperturbed,
@@ -27,17 +26,6 @@ TEXTS = [
     "",
     "  odd   spacing\tand\ttabs, unicode café ☀ 100 degrees  ",
 ]
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    return build_tiny_tokenizer(600)
-
-
-@pytest.fixture(scope="module")
-def kit(tokenizer: PreTrainedTokenizerFast) -> PerturbationKit:
-    emb = torch.randn(len(tokenizer), 16, generator=torch.Generator().manual_seed(0))
-    return build_kit(tokenizer, emb)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ module once and serves many messages, so later rounds cost no model load.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -70,27 +70,37 @@ def make_client_app(setup: ClientSetup, mods: Sequence[Mod] = ()) -> ClientApp:
 
 
 def train(setup: ClientSetup, msg: Message, context: Context) -> Message:
-    """The ``train`` handler: local update, or an error reply that quotes no data.
+    """The ``train`` handler: local update, or an error reply that quotes no data."""
+    return answer_privately("FedCoLLM", partial(_train, setup), msg, context)
+
+
+def answer_privately(
+    algorithm: str,
+    handler: Callable[[Message, Context, int], Message],
+    msg: Message,
+    context: Context,
+) -> Message:
+    """``handler(msg, context, partition)``, or on failure an error reply that quotes no data.
 
     Exceptions stop here on purpose: Flower would otherwise send their text (and traceback)
     to the server, and an error about an example may quote it. The details go to this
-    client's log only.
+    client's log only. Every client handler of every algorithm goes through here.
     """
     partition = int(context.node_config[PARTITION_ID_KEY])
     try:
-        return _train(setup, msg, partition)
+        return handler(msg, context, partition)
     except Exception as err:  # the boundary of the client: nothing private may leave
-        _LOG.exception("FedCoLLM client of partition %d failed", partition)
+        _LOG.exception("%s client of partition %d failed", algorithm, partition)
         reason = (
-            f"{type(err).__name__} in the FedCoLLM client of partition {partition}; the details "
-            "are in that client's log only (they may quote private data)."
+            f"{type(err).__name__} in the {algorithm} client of partition {partition}; the "
+            "details are in that client's log only (they may quote private data)."
         )
         return Message(
             Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg
         )
 
 
-def _train(setup: ClientSetup, msg: Message, partition: int) -> Message:
+def _train(setup: ClientSetup, msg: Message, context: Context, partition: int) -> Message:
     slm, tokenizer = _load_slm(setup)
     round_index = int(msg.content.config_records[keys.CONFIG][keys.ROUND])  # type: ignore[arg-type]
     settings = replace(setup.train, seed=setup.train.seed + round_index)

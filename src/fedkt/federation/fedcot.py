@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
-from flwr.common.constant import PARTITION_ID_KEY, ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
@@ -46,6 +45,7 @@ from fedkt.data.cot import predict_example
 from fedkt.errors import ConfigError, FedktError
 from fedkt.evaluation import evaluate
 from fedkt.federation import keys
+from fedkt.federation.client_app import answer_privately
 from fedkt.federation.server_app import wait_for_nodes
 from fedkt.generation import (
     Backend,
@@ -158,31 +158,18 @@ _CLIENT_MODELS: dict[tuple[Any, ...], _ClientModels] = {}
 def make_fedcot_client_app(spec: FedCoTSpec, mods: Sequence[Mod] = ()) -> ClientApp:
     """A ClientApp answering FedCoT's QUERY and TRAIN messages; ``mods`` wrap both handlers."""
     app = ClientApp(mods=list(mods))
-    app.query()(partial(_guarded, _answer_query, spec))
-    app.train()(partial(_guarded, _answer_train, spec))
+    app.query()(partial(_handle, _answer_query, spec))
+    app.train()(partial(_handle, _answer_train, spec))
     return app
 
 
-def _guarded(
+def _handle(
     handler: Callable[[FedCoTSpec, Message, Context, int], Message],
     spec: FedCoTSpec,
     msg: Message,
     context: Context,
 ) -> Message:
-    """Run ``handler``; on failure reply an error that quotes no data (details go to the
-    client's log only: an error about an example may quote it)."""
-    partition = int(context.node_config[PARTITION_ID_KEY])
-    try:
-        return handler(spec, msg, context, partition)
-    except Exception as err:  # the boundary of the client: nothing private may leave
-        _LOG.exception("FedCoT client of partition %d failed", partition)
-        reason = (
-            f"{type(err).__name__} in the FedCoT client of partition {partition}; the details "
-            "are in that client's log only (they may quote private data)."
-        )
-        return Message(
-            Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg
-        )
+    return answer_privately("FedCoT", partial(handler, spec), msg, context)
 
 
 def _answer_query(spec: FedCoTSpec, msg: Message, context: Context, partition: int) -> Message:

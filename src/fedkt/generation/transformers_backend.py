@@ -49,7 +49,7 @@ class TransformersBackend:
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         config = self._config(settings)
         texts = [""] * len(prompts)
-        with torch.inference_mode(), _eval_mode(self.model), _seeded(settings, self.model):
+        with torch.inference_mode(), eval_mode(self.model), _seeded(settings, self.model):
             for start in range(0, len(order), settings.batch_size):
                 batch = order[start : start + settings.batch_size]
                 outputs = self._generate_batch([encoded[i] for i in batch], config, settings)
@@ -153,11 +153,12 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Generate with dropout off, then restore the caller's mode (training loops sample
-    mid-run; leaving the model in eval mode would switch dropout off for the rest of it).
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run with dropout off (LoRA dropout included), then restore the caller's mode.
 
-    The same rule as ``fedkt.evaluation.eval_mode``, which this library may not import.
+    Training loops generate and evaluate mid-run: doing it in train mode would add dropout
+    noise, and leaving the model in eval mode would silently switch dropout off for the rest
+    of training. `fedkt.evaluation` uses this one too.
     """
     was_training = model.training
     model.eval()
