@@ -1,11 +1,12 @@
 """FedCoT on the embedded models: accuracy against epsilon, with the leakage audit.
 
 Runs `fedkt run`'s FedCoT harness (`fedkt.experiments.run_experiment`) on
-configs/fedcot-arc-easy.toml and configs/fedcot-gsm8k.toml (2-CPU budgets: 4 clients x 20
-questions, 100 / 50 evaluation rows) and gathers, per task and method, the client SLM's
-accuracy (mean over clients), the LLM's zero-shot score, the epsilon accounting and the
-inversion attacker's recovery rate. Every method of the spec runs: SLM and LLM zero-shot,
-standalone (labels only), non-private CoT (upper bound), FedCoT-EM and -AEM at each eps.
+configs/fedcot-arc-easy.toml and configs/fedcot-gsm8k.toml (2-CPU budgets: 2 clients x 16
+questions, 100 / 30 evaluation rows, 64-token rationales) and gathers, per task and method,
+the client SLM's accuracy (mean over clients), the LLM's zero-shot score, the epsilon
+accounting and the inversion attacker's recovery rate. Every method of the spec runs: SLM and
+LLM zero-shot, standalone (labels only), non-private CoT (upper bound), FedCoT-EM and -AEM at
+each eps.
 
 Writes bench/results/fedcot.json and bench/results/fedcot.png (per task: SLM accuracy against
 eps for EM and AEM, the baselines as horizontal lines, tokens recovered on a second axis).
