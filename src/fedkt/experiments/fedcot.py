@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +87,12 @@ class FedCoTTask:
         )
 
 
-def zero_shot(run: FedCoTTask) -> dict[str, dict[str, Any]]:
+def zero_shot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
     federation = run.config.federation
-    return {"zero_shot": {"llm": run.evaluate(federation.llm), "slm": run.evaluate(federation.slm)}}
+    yield "zero_shot", {"llm": run.evaluate(federation.llm), "slm": run.evaluate(federation.slm)}
 
 
-def standalone(run: FedCoTTask) -> dict[str, dict[str, Any]]:
+def standalone(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
     """Each client fine-tunes a fresh SLM adapter on its own labels (predict task only)."""
     clients = []
     for k, part in enumerate(run.clients):
@@ -102,31 +102,31 @@ def standalone(run: FedCoTTask) -> dict[str, dict[str, Any]]:
         train = dataclasses.replace(run.config.train, seed=run.config.train.seed + k)
         train_answer_only(slm, tokenizer, [predict_example(e) for e in part], train)
         clients.append(score(run.config, merged_copy(slm), tokenizer, run.eval_examples))
-    return {"standalone": {"llm": None, "slm": _mean(clients), "clients": clients}}
+    yield "standalone", {"llm": None, "slm": _mean(clients), "clients": clients}
 
 
-def cot_upper_bound(run: FedCoTTask) -> dict[str, dict[str, Any]]:
-    return {"cot_upper_bound": _federated(run.spec("none", math.inf))}
+def cot_upper_bound(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield "cot_upper_bound", _federated(run.spec("none", math.inf))
 
 
-def fedcot(run: FedCoTTask) -> dict[str, dict[str, Any]]:
-    """Every strategy x eps; eps = inf runs once (nothing is perturbed) for all strategies."""
+def fedcot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every strategy x eps, one at a time (each is written as soon as it is done); eps = inf
+    runs once (nothing is perturbed) and serves every strategy."""
     fedcot_config = run.config.fedcot
-    outcomes: dict[str, dict[str, Any]] = {}
-    unperturbed: dict[str, Any] | None = None
+    unperturbed: tuple[str, dict[str, Any]] | None = None
     for strategy in fedcot_config.strategies:
         for eps in fedcot_config.eps:
+            label = f"fedcot-{strategy}@{eps:g}"
             if math.isinf(eps) and unperturbed is not None:
-                outcomes[f"fedcot-{strategy}@inf"] = {**unperturbed, "same_run_as": "em@inf"}
+                yield label, {**unperturbed[1], "same_run_as": unperturbed[0]}
                 continue
             outcome = _federated(run.spec(strategy, eps))
             if math.isinf(eps):
-                unperturbed = outcome
-            outcomes[f"fedcot-{strategy}@{eps:g}"] = outcome
-    return outcomes
+                unperturbed = (label, outcome)
+            yield label, outcome
 
 
-BASELINES: dict[str, Callable[[FedCoTTask], dict[str, dict[str, Any]]]] = {
+BASELINES: dict[str, Callable[[FedCoTTask], Iterable[tuple[str, dict[str, Any]]]]] = {
     "zero_shot": zero_shot,
     "standalone": standalone,
     "cot_upper_bound": cot_upper_bound,
@@ -151,10 +151,11 @@ def run_fedcot_experiment(config: FedktConfig) -> dict[str, Any]:
         results["tasks"][task] = entry
         for name in config.fedcot.baselines:
             start = time.perf_counter()
-            for label, outcome in BASELINES[name](run).items():
+            for label, outcome in BASELINES[name](run):
                 seconds = outcome.get("seconds", time.perf_counter() - start)
                 entry["baselines"][label] = {**outcome, "seconds": round(seconds, 1)}
-            write_json(path, results)  # an interrupted run keeps what is done
+                write_json(path, results)  # an interrupted run keeps what is done
+                start = time.perf_counter()
     return results
 
 
