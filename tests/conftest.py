@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny tokenizer and tiny randomly initialised Llama models.
+"""Shared fixtures and helpers: a tiny tokenizer and tiny randomly initialised Llama models,
+the privacy tests' word tokenizer and kit, and the capture of what a client sends.
 
 Nothing here touches the network or the embedded GGUF, so the suite stays fast and offline.
 """
@@ -10,13 +11,21 @@ import os
 # Before transformers/huggingface_hub are imported: they read these once, at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-from collections.abc import Callable
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 import torch
+from flwr.app import Context, Message
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from fedkt.privacy import PerturbationKit, build_kit
 
 # Tiny models run faster on one thread, and the suite shares 2 cores with nothing to gain.
 torch.set_num_threads(1)
@@ -103,3 +112,59 @@ def _offline_and_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     """Never reach a hub; keep caches per test."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("FEDKT_CACHE_DIR", str(tmp_path / "fedkt-cache"))
+
+
+# ---- privacy tests: a tokenizer that holds whole words, and its perturbation kit ----
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    """The privacy tests' tokenizer: 600 entries (the default 300-entry one holds no whole
+    words, so no word candidate set)."""
+    return build_tiny_tokenizer(600)
+
+
+@pytest.fixture(scope="module")
+def kit(tokenizer: PreTrainedTokenizerFast) -> PerturbationKit:
+    """The privacy tests' candidate sets, over random (seeded) embeddings."""
+    emb = torch.randn(len(tokenizer), 16, generator=torch.Generator().manual_seed(0))
+    return build_kit(tokenizer, emb)
+
+
+# ---- federation tests: capture what a client sends, search it for private text ----
+
+
+@dataclass(frozen=True)
+class Recorder:
+    """A client mod keeping every message the client sends (pickled, one file each): Ray runs
+    clients in other processes, so the capture goes through the file system."""
+
+    directory: Path
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        out = call_next(msg, context)
+        (self.directory / f"{uuid4().hex}.pkl").write_bytes(pickle.dumps(out))
+        return out
+
+    def messages(self) -> list[Message]:
+        return [pickle.loads(p.read_bytes()) for p in sorted(self.directory.iterdir())]
+
+
+def find_leaks(msg: Message, needles: Sequence[str]) -> list[str]:
+    """The ``needles`` found in ``msg``: in its record names and keys, its decoded config and
+    metric values, the bytes of its arrays, and the whole message as Flower serializes it."""
+    content = msg.content
+    strings = [*content, *(key for record in content.values() for key in record)]
+    for record in [*content.config_records.values(), *content.metric_records.values()]:
+        for value in record.values():
+            items = value if isinstance(value, list) else [value]
+            strings += [
+                v.decode(errors="ignore") if isinstance(v, bytes) else str(v) for v in items
+            ]
+    arrays = b"".join(a.data for record in content.array_records.values() for a in record.values())
+    wire = b"".join(obj.deflate() for obj in get_all_nested_objects(msg).values())
+    return [
+        needle
+        for needle in needles
+        if any(needle in s for s in strings) or needle.encode() in arrays or needle.encode() in wire
+    ]

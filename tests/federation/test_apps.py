@@ -25,8 +25,7 @@ from flwr.app import (
 )
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from conftest import build_tiny_llama
-from federation.capture import Recorder, find_leaks
+from conftest import Recorder, build_tiny_llama, find_leaks
 from fedkt.algorithms.fedcollm import FedCoLLMSettings, LocalClient, run_round
 from fedkt.data import Example
 from fedkt.errors import FedktError

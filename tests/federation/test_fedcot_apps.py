@@ -12,8 +12,7 @@ import pytest
 from flwr.app import Message
 from transformers import PreTrainedTokenizerFast
 
-from conftest import build_tiny_llama
-from federation.capture import Recorder, find_leaks
+from conftest import Recorder, build_tiny_llama, find_leaks
 from fedkt.algorithms.fedcot import FedCoTSettings
 from fedkt.data import Example
 from fedkt.federation import keys

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from kit_fixtures import kit, tokenizer  # noqa: F401 (fixtures)
 from transformers import PreTrainedTokenizerFast
 
 from fedkt.errors import ConfigError

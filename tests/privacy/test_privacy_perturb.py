@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from kit_fixtures import kit, tokenizer  # noqa: F401 (fixtures)
 from transformers import PreTrainedTokenizerFast
 
 from fedkt.errors import ConfigError
