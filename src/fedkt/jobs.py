@@ -23,17 +23,21 @@ from fedkt.report import write_json
 from fedkt.training import train_answer_only
 
 
-def _auto(value: str) -> str | None:
-    """Config uses "auto" for "let fedkt.models pick"; the libraries use None."""
-    return None if value == "auto" else value
+def placement(config: FedktConfig) -> tuple[str | None, str | None]:
+    """(dtype, device) for fedkt.models: the config's "auto" becomes None ("let it pick")."""
+    model = config.model
+    return (
+        None if model.dtype == "auto" else model.dtype,
+        None if model.device == "auto" else model.device,
+    )
 
 
 def load_for(config: FedktConfig, name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load model `name` with the config's dtype, device and cache settings."""
     return load_model_and_tokenizer(
         name,
-        dtype=_auto(config.model.dtype),
-        device=_auto(config.model.device),
+        dtype=placement(config)[0],
+        device=placement(config)[1],
         cache_dir=config.cache_dir or None,
     )
 

@@ -10,12 +10,13 @@ many as a client does over the whole federation.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from fedkt.config import Baseline
 from fedkt.experiments.federated import fedavg_round
-from fedkt.experiments.task import Role, Scores, TaskRun
+from fedkt.experiments.summary import mean_scores
+from fedkt.experiments.task import Role, TaskRun
 from fedkt.federation import FederationResult
 from fedkt.federation.server_app import federated_round
 from fedkt.models import adapter_state, load_adapter_state
@@ -38,7 +39,7 @@ def standalone(run: TaskRun) -> dict[str, Any]:
         clients.append(run.evaluate(slm, tokenizer))
     return {
         "llm": None,
-        "slm": _mean(clients),
+        "slm": mean_scores(clients),
         "clients": clients,
         "train": [_summary(r) for r in reports],
     }
@@ -81,11 +82,6 @@ BASELINES: dict[Baseline, Callable[[TaskRun], dict[str, Any]]] = {
     "centralized": centralized,
     "fedcollm": fedcollm,
 }
-
-
-def _mean(scores: Sequence[Scores]) -> Scores:
-    """Metric-wise mean over clients (they are scored on the same rows, so n is shared)."""
-    return {key: sum(s[key] for s in scores) / len(scores) for key in scores[0]}
 
 
 def _summary(report: TrainReport) -> dict[str, float]:

@@ -28,11 +28,11 @@ import torch
 from fedkt.config import FedktConfig
 from fedkt.data import Example
 from fedkt.data.cot import predict_example
-from fedkt.experiments.summary import headline
+from fedkt.experiments.summary import headline, mean_scores
 from fedkt.experiments.task import partition
 from fedkt.federation.fedcot import FedCoTResult, FedCoTSpec, simulate_fedcot
-from fedkt.jobs import load_for, score, task_examples
-from fedkt.models import add_lora, merged_copy
+from fedkt.jobs import load_for, placement, score, task_examples
+from fedkt.models import adapter_state, add_lora, load_adapter_state, merged_copy
 from fedkt.report import format_table, write_json
 from fedkt.training import train_answer_only
 
@@ -52,33 +52,36 @@ class FedCoTTask:
     task: str
     clients: list[list[Example]]
     public: list[Example]
-    eval_examples: list[Example]
+    eval_examples: list[Example]  # as loaded; clients put the predict prefix on themselves
+    scored: list[Example]  # the same rows with the predict prefix, for the harness's scoring
 
     @classmethod
     def load(cls, config: FedktConfig, task: str) -> FedCoTTask:
         train = task_examples(config, task, "train", config.data.train_limit)
         clients, public = partition(train, config.federation)
         evaluation = task_examples(config, task, config.data.split, config.data.limit)
-        return cls(config, task, clients, public, [predict_example(e) for e in evaluation])
+        scored = [predict_example(e) for e in evaluation]
+        return cls(config, task, clients, public, evaluation, scored)
 
     def evaluate(self, name: str) -> dict[str, float]:
         model, tokenizer = load_for(self.config, name)
-        return score(self.config, model, tokenizer, self.eval_examples)
+        return score(self.config, model, tokenizer, self.scored)
 
     def spec(self, strategy: str, eps: float) -> FedCoTSpec:
         config, federation = self.config, self.config.federation
+        dtype, device = placement(config)
         store = Path(config.output_dir) / "responses" / f"{self.task}-{strategy}-{eps:g}.jsonl"
         return FedCoTSpec(
             llm=federation.llm,
             slm=federation.slm,
             decoder=config.fedcot.decoder,
             client_data=tuple(tuple(part) for part in self.clients),
-            eval_data=tuple(e for e in self.eval_examples),
+            eval_data=tuple(self.eval_examples),
             public_texts=tuple(e.question for e in self.public),
             settings=config.fedcot.settings(config.train, strategy, eps),
             lora=config.lora,
-            dtype=_auto(config.model.dtype),
-            device=_auto(config.model.device),
+            dtype=dtype,
+            device=device,
             client_cpus=federation.client_cpus,
             client_gpus=federation.client_gpus,
             eval_batch_size=config.eval.batch_size,
@@ -93,16 +96,19 @@ def zero_shot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def standalone(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Each client fine-tunes a fresh SLM adapter on its own labels (predict task only)."""
+    """Each client fine-tunes a fresh SLM adapter on its own labels (predict task only); the
+    SLM is loaded once and every client starts from the same fresh adapter."""
+    model, tokenizer = load_for(run.config, run.config.federation.slm)
+    torch.manual_seed(run.config.fedcot.seed)
+    slm = add_lora(model, run.config.lora)
+    fresh = adapter_state(slm)
     clients = []
     for k, part in enumerate(run.clients):
-        model, tokenizer = load_for(run.config, run.config.federation.slm)
-        torch.manual_seed(run.config.fedcot.seed)
-        slm = add_lora(model, run.config.lora)
+        load_adapter_state(slm, fresh)
         train = dataclasses.replace(run.config.train, seed=run.config.train.seed + k)
         train_answer_only(slm, tokenizer, [predict_example(e) for e in part], train)
-        clients.append(score(run.config, merged_copy(slm), tokenizer, run.eval_examples))
-    yield "standalone", {"llm": None, "slm": _mean(clients), "clients": clients}
+        clients.append(score(run.config, merged_copy(slm), tokenizer, run.scored))
+    yield "standalone", {"llm": None, "slm": mean_scores(clients), "clients": clients}
 
 
 def cot_upper_bound(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -164,9 +170,9 @@ def _federated(spec: FedCoTSpec) -> dict[str, Any]:
     result = simulate_fedcot(spec)
     return {
         "llm": None,
-        "slm": _mean(list(result.results)),
+        "slm": mean_scores(list(result.results)),
         "clients": list(result.results),
-        "privacy": _mean(list(result.privacy)),
+        "privacy": mean_scores(list(result.privacy)),
         **_communication(result),
         "seconds": time.perf_counter() - start,
     }
@@ -178,16 +184,6 @@ def _communication(result: FedCoTResult) -> dict[str, Any]:
         "bytes_down": result.bytes_down,
         "total_bytes": sum(result.bytes_up.values()) + sum(result.bytes_down.values()),
     }
-
-
-def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Key-wise mean over clients (keys every client reported)."""
-    keys = set.intersection(*(set(row) for row in rows)) if rows else set()
-    return {key: sum(row[key] for row in rows) / len(rows) for key in sorted(keys)}
-
-
-def _auto(value: str) -> str | None:
-    return None if value == "auto" else value
 
 
 # ---- what a run shows ---------------------------------------------------------------------

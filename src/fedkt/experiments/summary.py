@@ -3,6 +3,7 @@ rounds against the other methods as horizontal reference lines."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,13 @@ _STYLES = {
     "fedavg": "--",
     "centralized": "-.",
 }
+
+
+def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Key-wise mean over clients, of the keys every client reported (clients are scored on
+    the same rows, so "n" is shared)."""
+    keys = set.intersection(*(set(row) for row in rows)) if rows else set()
+    return {key: sum(row[key] for row in rows) / len(rows) for key in sorted(keys)}
 
 
 def headline(scores: dict[str, float]) -> float:

@@ -18,7 +18,7 @@ from fedkt.data import Example, split_dirichlet, split_fedcollm, split_iid
 from fedkt.evaluation import CausalLM
 from fedkt.experiments.federated import RoundFn, simulate
 from fedkt.federation import FederationResult, FederationSpec, ServerModels
-from fedkt.jobs import load_for, score, task_examples
+from fedkt.jobs import load_for, placement, score, task_examples
 from fedkt.models import add_lora, merged_copy
 from fedkt.training import TrainSettings
 
@@ -124,15 +124,16 @@ class TaskRun:
         return simulate(self.federation_spec(), round_fn, after_round), curve
 
     def federation_spec(self) -> FederationSpec:
-        federation, model = self.config.federation, self.config.model
+        federation = self.config.federation
+        dtype, device = placement(self.config)
         return FederationSpec(
             llm=federation.llm,
             slm=federation.slm,
             client_data=tuple(tuple(part) for part in self.clients),
             public_data=tuple(self.public),
             settings=self.settings,
-            dtype=None if model.dtype == "auto" else model.dtype,
-            device=None if model.device == "auto" else model.device,
+            dtype=dtype,
+            device=device,
             client_cpus=federation.client_cpus,
             client_gpus=federation.client_gpus,
         )
