@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
 from fedkt.data import Example
 from fedkt.errors import DataError
 from fedkt.evaluation import (
+    correctness,
     evaluate,
     evaluate_exact_match,
+    evaluate_rows,
     extract_final_number,
     generate_completions,
 )
@@ -64,7 +69,35 @@ def canned_model(tiny_llama, tiny_tokenizer, monkeypatch):
 
 def test_exact_match_with_canned_generations(canned_model, tiny_tokenizer):
     result = evaluate_exact_match(canned_model, tiny_tokenizer, GSM, batch_size=2)
-    assert result == {"exact_match": pytest.approx(2 / 3), "n": 3}
+    assert result == {
+        "exact_match": pytest.approx(2 / 3),
+        "exact_match_stderr": pytest.approx(math.sqrt(2 / 3 * 1 / 3 / 2)),
+        "n": 3,
+    }
+
+
+def test_rows_hold_completion_prediction_and_correctness(canned_model, tiny_tokenizer):
+    evaluation = evaluate_rows(canned_model, tiny_tokenizer, GSM, batch_size=2)
+    assert evaluation.rows == [
+        {"id": "a", "answer": "2", "pred": "2", "completion": " 1+1=2\n#### 2", "correct": 1},
+        {
+            "id": "b",
+            "answer": "1000",
+            "pred": "1000",
+            "completion": " 600+400 = 1000 clips.\n",
+            "correct": 1,
+        },
+        {"id": "c", "answer": "25", "pred": "24", "completion": " #### 24", "correct": 0},
+    ]
+    assert correctness(evaluation.rows) == [1.0, 1.0, 0.0]
+    assert evaluation.scores == evaluate_exact_match(canned_model, tiny_tokenizer, GSM)
+    json.dumps(evaluation.rows, allow_nan=False)
+
+
+def test_no_number_in_the_completion_is_a_miss(canned_model, tiny_tokenizer, monkeypatch):
+    monkeypatch.setitem(CANNED, GSM[0].context, " I do not know")
+    [row] = evaluate_rows(canned_model, tiny_tokenizer, GSM[:1]).rows
+    assert (row["pred"], row["correct"]) == (None, 0)
 
 
 def test_completions_are_cut_at_the_next_question(canned_model, tiny_tokenizer):
@@ -75,7 +108,13 @@ def test_completions_are_cut_at_the_next_question(canned_model, tiny_tokenizer):
 def test_evaluate_dispatches_by_kind(canned_model, tiny_tokenizer):
     assert evaluate(canned_model, tiny_tokenizer, GSM)["exact_match"] == pytest.approx(2 / 3)
     mc = Example("mc", "Q:", ("yes", "no"), 0)
-    assert set(evaluate(canned_model, tiny_tokenizer, [mc])) == {"acc", "acc_norm", "n"}
+    assert set(evaluate(canned_model, tiny_tokenizer, [mc])) == {
+        "acc",
+        "acc_stderr",
+        "acc_norm",
+        "acc_norm_stderr",
+        "n",
+    }
     with pytest.raises(DataError, match="one kind"):
         evaluate(canned_model, tiny_tokenizer, [mc, GSM[0]])
 

@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from fedkt.data import Example
 from fedkt.errors import DataError
-from fedkt.evaluation.generative import evaluate_exact_match
-from fedkt.evaluation.multiple_choice import evaluate_multiple_choice
+from fedkt.evaluation.generative import exact_match_rows, exact_match_scores
+from fedkt.evaluation.multiple_choice import multiple_choice_rows, multiple_choice_scores
 from fedkt.evaluation.runtime import CausalLM
 
 
-def evaluate(
+@dataclass(frozen=True)
+class Evaluation:
+    """What one evaluation measured: headline scores and the per-example rows behind them.
+
+    `scores` holds the metrics (``acc``/``acc_norm`` or ``exact_match``), each with a
+    ``<metric>_stderr``, and ``n``. `rows` holds one JSON-ready dict per example, in input
+    order (see `fedkt.evaluation.multiple_choice.choice_rows` and
+    `fedkt.evaluation.generative.exact_match_rows`); its ``correct`` column is what
+    `fedkt.evaluation.paired_test` compares between methods.
+    """
+
+    scores: dict[str, float]
+    rows: list[dict[str, Any]]
+
+
+def evaluate_rows(
     model: CausalLM,
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
@@ -21,8 +38,8 @@ def evaluate(
     batch_size: int = 16,
     max_new_tokens: int = 256,
     progress: bool = False,
-) -> dict[str, float]:
-    """`evaluate_exact_match` for generative examples, else `evaluate_multiple_choice`.
+) -> Evaluation:
+    """Exact match for generative examples, else multiple-choice acc / acc_norm, with rows.
 
     `max_new_tokens` only matters for generative tasks. Mixed kinds are refused: their metrics
     do not average.
@@ -35,7 +52,7 @@ def evaluate(
             "evaluate each task separately"
         )
     if kinds == {True}:
-        return evaluate_exact_match(
+        rows = exact_match_rows(
             model,
             tokenizer,
             examples,
@@ -43,6 +60,36 @@ def evaluate(
             max_new_tokens=max_new_tokens,
             progress=progress,
         )
-    return evaluate_multiple_choice(
+        return Evaluation(exact_match_scores(rows), rows)
+    rows = multiple_choice_rows(
         model, tokenizer, examples, batch_size=batch_size, progress=progress
     )
+    return Evaluation(multiple_choice_scores(rows), rows)
+
+
+def evaluate(
+    model: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+    progress: bool = False,
+) -> dict[str, float]:
+    """The scores of `evaluate_rows` (metrics, their ``_stderr`` and ``n``), without rows."""
+    return evaluate_rows(
+        model,
+        tokenizer,
+        examples,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+    ).scores
+
+
+def correctness(rows: Sequence[dict[str, Any]], key: str = "correct") -> list[float]:
+    """The `key` column of `rows` as floats, in row order: the input of `paired_test`."""
+    try:
+        return [float(row[key]) for row in rows]
+    except KeyError:
+        raise DataError(f"a row has no {key!r} column; rows come from evaluate_rows") from None

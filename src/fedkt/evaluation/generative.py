@@ -7,18 +7,23 @@ lm-eval's ``flexible-extract``; lm-eval itself would score such an answer 0 unde
 ``strict-match``). Prediction and reference are normalised as lm-eval's ``exact_match`` with
 gsm8k's ``regexes_to_ignore``: commas, ``$``, everything up to ``#### `` and one trailing
 ``.`` are removed.
+
+Scoring yields one row per example (`exact_match_rows`: completion, extracted answer,
+correctness), from which `exact_match_scores` takes the headline metric and its standard error.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from fedkt.data import Example
 from fedkt.errors import DataError
 from fedkt.evaluation.runtime import CausalLM
+from fedkt.evaluation.statistics import mean_stderr
 from fedkt.generation import GenerationSettings, Request, TransformersBackend, generate_responses
 
 STOP_STRING = "Question:"
@@ -70,7 +75,7 @@ def generate_completions(
     return [answers[request.id] for request in requests]
 
 
-def evaluate_exact_match(
+def exact_match_rows(
     model: CausalLM,
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
@@ -78,8 +83,14 @@ def evaluate_exact_match(
     max_new_tokens: int = 256,
     batch_size: int = 16,
     progress: bool = False,
-) -> dict[str, float]:
-    """{"exact_match", "n"}: share of examples whose generated final number equals `answer`."""
+) -> list[dict[str, Any]]:
+    """One JSON-ready row per example, in input order: {"id", "answer", "pred", "completion",
+    "correct"}.
+
+    ``answer`` is the normalised reference final number, ``pred`` the number extracted from the
+    greedy ``completion`` (`extract_final_number`; None when it holds none), ``correct`` 1 when
+    they are equal, else 0.
+    """
     _check_generative(examples)
     completions = generate_completions(
         model,
@@ -89,11 +100,51 @@ def evaluate_exact_match(
         batch_size=batch_size,
         progress=progress,
     )
-    hits = sum(
-        extract_final_number(completion) == _normalize(example.answer)
-        for example, completion in zip(examples, completions, strict=True)
+    rows = []
+    for example, completion in zip(examples, completions, strict=True):
+        answer = _normalize(example.answer)
+        pred = extract_final_number(completion)
+        rows.append(
+            {
+                "id": example.id,
+                "answer": answer,
+                "pred": pred,
+                "completion": completion,
+                "correct": int(pred == answer),
+            }
+        )
+    return rows
+
+
+def exact_match_scores(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """{"exact_match", "exact_match_stderr", "n"} from `exact_match_rows` rows: the share of
+    correct rows and its standard error (`mean_stderr`)."""
+    if not rows:
+        raise DataError("no examples to evaluate: pass at least one generative example")
+    exact_match, stderr = mean_stderr([row["correct"] for row in rows])
+    return {"exact_match": exact_match, "exact_match_stderr": stderr, "n": len(rows)}
+
+
+def evaluate_exact_match(
+    model: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, float]:
+    """{"exact_match", "exact_match_stderr", "n"}: share of examples whose generated final
+    number equals `answer`, with its standard error."""
+    rows = exact_match_rows(
+        model,
+        tokenizer,
+        examples,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
     )
-    return {"exact_match": hits / len(examples), "n": len(examples)}
+    return exact_match_scores(rows)
 
 
 def _check_generative(examples: Sequence[Example]) -> None:

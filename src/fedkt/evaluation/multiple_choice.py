@@ -4,12 +4,17 @@ Both pick the argmax over choices (first index on ties, as ``np.argmax``): ``acc
 summed continuation log-likelihood, ``acc_norm`` of that sum divided by the *character* length
 of the raw choice string (without the target delimiter), exactly as
 ``ConfigurableTask.process_results`` does for ``output_type: multiple_choice``.
+
+Scoring yields one row per example (`choice_rows`), so paired comparisons between methods
+(`fedkt.evaluation.paired_test`) and error analysis work from the same numbers as the
+headline metrics (`multiple_choice_scores`), which carry lm-eval's standard errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -18,6 +23,7 @@ from fedkt.data import Example
 from fedkt.errors import DataError
 from fedkt.evaluation.loglikelihood import score_choices
 from fedkt.evaluation.runtime import CausalLM
+from fedkt.evaluation.statistics import mean_stderr
 
 
 @dataclass(frozen=True)
@@ -53,16 +59,61 @@ def predict_choices(
     return predictions
 
 
-def multiple_choice_metrics(predictions: Sequence[ChoicePrediction]) -> dict[str, float]:
-    """{"acc", "acc_norm", "n"}: means over examples, as lm-eval aggregates them."""
-    n = len(predictions)
+def choice_rows(predictions: Sequence[ChoicePrediction]) -> list[dict[str, Any]]:
+    """One JSON-ready row per prediction: {"id", "gold", "pred", "pred_norm", "correct",
+    "correct_norm", "loglik"}; ``correct`` / ``correct_norm`` are 1 when ``pred`` /
+    ``pred_norm`` equals ``gold``, else 0, and ``loglik`` lists each choice's summed
+    log-likelihood."""
+    return [
+        {
+            "id": p.id,
+            "gold": p.gold,
+            "pred": p.pred,
+            "pred_norm": p.pred_norm,
+            "correct": int(p.pred == p.gold),
+            "correct_norm": int(p.pred_norm == p.gold),
+            "loglik": list(p.scores),
+        }
+        for p in predictions
+    ]
+
+
+def multiple_choice_scores(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """{"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"} from `choice_rows` rows.
+
+    Means over examples with their standard errors (`mean_stderr`), as lm-eval aggregates and
+    reports them.
+    """
+    n = len(rows)
     if n == 0:
         raise DataError("no examples to evaluate: pass at least one multiple-choice example")
+    acc, acc_stderr = mean_stderr([row["correct"] for row in rows])
+    acc_norm, acc_norm_stderr = mean_stderr([row["correct_norm"] for row in rows])
     return {
-        "acc": sum(p.pred == p.gold for p in predictions) / n,
-        "acc_norm": sum(p.pred_norm == p.gold for p in predictions) / n,
+        "acc": acc,
+        "acc_stderr": acc_stderr,
+        "acc_norm": acc_norm,
+        "acc_norm_stderr": acc_norm_stderr,
         "n": n,
     }
+
+
+def multiple_choice_metrics(predictions: Sequence[ChoicePrediction]) -> dict[str, float]:
+    """`multiple_choice_scores` of `predictions` (means over examples, with stderrs)."""
+    return multiple_choice_scores(choice_rows(predictions))
+
+
+def multiple_choice_rows(
+    model: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Zero-shot `choice_rows` of `model` on multiple-choice `examples`, in input order."""
+    scores = score_choices(model, tokenizer, examples, batch_size=batch_size, progress=progress)
+    return choice_rows(predict_choices(examples, scores))
 
 
 def evaluate_multiple_choice(
@@ -73,6 +124,7 @@ def evaluate_multiple_choice(
     batch_size: int = 16,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Zero-shot lm-eval ``acc`` / ``acc_norm`` of `model` on multiple-choice `examples`."""
-    scores = score_choices(model, tokenizer, examples, batch_size=batch_size, progress=progress)
-    return multiple_choice_metrics(predict_choices(examples, scores))
+    """Zero-shot lm-eval ``acc`` / ``acc_norm`` (with stderrs) of `model` on `examples`."""
+    return multiple_choice_scores(
+        multiple_choice_rows(model, tokenizer, examples, batch_size=batch_size, progress=progress)
+    )
