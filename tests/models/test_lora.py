@@ -1,19 +1,22 @@
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
 import torch
 from peft import PeftModel
-from transformers import LlamaForCausalLM
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fedkt.errors import ConfigError, ModelError
+from fedkt.generation import GenerationSettings, TransformersBackend
 from fedkt.models import (
     LoraSettings,
     adapter_state,
     add_lora,
     load_adapter_state,
     merged_copy,
+    scoring_copy,
 )
 
 INPUT_IDS = torch.tensor([[5, 17, 42, 99, 7, 3]])
@@ -142,3 +145,127 @@ def test_merged_copy_refuses_a_plain_model(
 ) -> None:
     with pytest.raises(ModelError, match="add_lora"):
         merged_copy(make_tiny_llama(n_layers=2))
+
+
+# ---- scoring_copy: bf16 scoring that keeps a small adapter delta ----
+
+
+def _small_delta_bf16_model(
+    make_tiny_llama: Callable[..., LlamaForCausalLM], std: float, seed: int = 0
+) -> PeftModel:
+    """A bf16 model whose (fp32, peft's default) LoRA B has entries of std `std`."""
+    model = add_lora(make_tiny_llama(n_layers=2).to(torch.bfloat16), LoraSettings(dropout=0.0))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return model.eval()
+
+
+def _retained(change: torch.Tensor, exact: torch.Tensor) -> float:
+    """Least-squares slope of `change` on `exact`: the share of the exact change kept."""
+    return float((change * exact).sum() / (exact * exact).sum())
+
+
+def test_scoring_copy_keeps_a_small_bf16_delta_that_merging_erases(
+    make_tiny_llama: Callable[..., LlamaForCausalLM],
+) -> None:
+    """End to end: log-probabilities move by the fp32 reference's change, up to bf16 noise.
+
+    B std 3e-5 is below half a bf16 step of most weights (init std 0.02), so merging rounds
+    half of the delta away. bf16 activation rounding adds noise ~13x the effect's size, so the
+    slope is taken over 4096 tokens x 300 logits and checked to 15 %; the per-layer test below
+    is the precise one.
+    """
+    model = _small_delta_bf16_model(make_tiny_llama, std=3e-5)
+    base = make_tiny_llama(n_layers=2).to(torch.bfloat16)  # same seed: the adapter's base
+    ids = torch.randint(2, 300, (32, 128), generator=torch.Generator().manual_seed(0))
+
+    def logprobs(m: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return m(ids).logits.float().log_softmax(-1)
+
+    reference = logprobs(copy.deepcopy(model).float().merge_and_unload())
+    exact = reference - logprobs(copy.deepcopy(base).float())
+    base_bf16 = logprobs(base)
+    assert 0.85 < _retained(logprobs(scoring_copy(model)) - base_bf16, exact) < 1.15
+    assert _retained(logprobs(merged_copy(model)) - base_bf16, exact) < 0.7
+
+
+def test_scoring_copy_layers_keep_the_whole_delta(
+    make_tiny_llama: Callable[..., LlamaForCausalLM],
+) -> None:
+    """Per adapted layer (no bf16 noise downstream), the output change is the fp32 one (to 3 %
+    over all layers, 10 % per layer: one bf16 rounding of the output is noise ~4x the change);
+    merged weights and peft's own forward (adapter added after rounding) lose most of it."""
+    model = _small_delta_bf16_model(make_tiny_llama, std=1e-5)
+    fused, merged = scoring_copy(model), merged_copy(model)
+    x = torch.randn(2048, 32, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    retained: dict[str, list[float]] = {"fused": [], "merged": [], "peft": []}
+    pooled = [0.0, 0.0]
+    with torch.no_grad():
+        for name, layer in model.get_base_model().named_modules():
+            if not hasattr(layer, "lora_A") or layer.in_features != x.shape[1]:
+                continue  # down_proj takes the MLP's width
+            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            exact = torch.nn.functional.linear(x.float(), b @ a * layer.scaling["default"])
+            base = layer.base_layer(x).float()
+            for key, module in [
+                ("fused", fused.get_submodule(name)),
+                ("merged", merged.get_submodule(name)),
+                ("peft", layer),
+            ]:
+                retained[key].append(_retained(module(x).float() - base, exact))
+            change = fused.get_submodule(name)(x).float() - base
+            pooled[0] += float((change * exact).sum())
+            pooled[1] += float(exact.square().sum())
+    assert len(retained["fused"]) == 2 * 6  # q, k, v, o, gate, up
+    assert 0.97 < pooled[0] / pooled[1] < 1.03
+    assert all(0.9 < r < 1.1 for r in retained["fused"]), retained["fused"]
+    assert all(r < 0.5 for r in retained["merged"] + retained["peft"]), retained
+
+
+def test_scoring_copy_leaves_the_model_untouched_and_generates_like_it(
+    make_tiny_llama: Callable[..., LlamaForCausalLM],
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    model = _lora_model(make_tiny_llama, seed=3)  # fp32: the fused layers are exact
+    before = adapter_state(model)
+    scored = scoring_copy(model)
+    assert not isinstance(scored, PeftModel)
+    assert not any("lora_" in name for name, _ in scored.named_parameters())
+    assert not any(p.requires_grad for p in scored.parameters())
+    torch.testing.assert_close(_logits(scored), _logits(model), rtol=1e-4, atol=1e-4)
+    after = adapter_state(model)
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    assert all(p.requires_grad for name, p in model.named_parameters() if "lora_" in name)
+
+    settings = GenerationSettings(max_new_tokens=8, batch_size=2, stop=())
+    prompts = ["Question: Which gas", "Article: The team won"]
+    assert TransformersBackend(scored, tiny_tokenizer).generate(prompts, settings) == (
+        TransformersBackend(model, tiny_tokenizer).generate(prompts, settings)
+    )
+
+
+def test_scoring_copy_keeps_the_bf16_adapter_fp32_in_the_original(
+    make_tiny_llama: Callable[..., LlamaForCausalLM],
+) -> None:
+    model = _small_delta_bf16_model(make_tiny_llama, std=1e-3)
+    before = adapter_state(model)
+    scored = scoring_copy(model)
+    assert {p.dtype for p in scored.parameters()} == {torch.bfloat16}
+    after = adapter_state(model)
+    assert {t.dtype for t in after.values()} == {torch.float32}
+    assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_scoring_copy_refuses_plain_and_merged_models(
+    make_tiny_llama: Callable[..., LlamaForCausalLM],
+) -> None:
+    with pytest.raises(ModelError, match="add_lora"):
+        scoring_copy(make_tiny_llama(n_layers=2))
+    model = _lora_model(make_tiny_llama, seed=1)
+    model.merge_adapter()
+    with pytest.raises(ModelError, match="unmerge_adapter"):
+        scoring_copy(model)

@@ -17,6 +17,7 @@ from fedkt.models.lora import (
     add_lora,
     load_adapter_state,
     merged_copy,
+    scoring_copy,
 )
 from fedkt.models.names import (
     EMBEDDED,
@@ -49,6 +50,7 @@ __all__ = [
     "pick_device",
     "pick_dtype",
     "resolve_cache_dir",
+    "scoring_copy",
     "student_dir",
     "vocabulary_fingerprint",
 ]
