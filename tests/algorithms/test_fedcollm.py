@@ -13,11 +13,15 @@ from fedkt.algorithms.fedcollm import (
     ClientUpdate,
     FedCoLLMSettings,
     LocalClient,
+    ServerModels,
     aggregate_adapters,
     check_pair,
+    client_training,
     client_update,
+    local_exchange,
     mutual_distillation,
     run_round,
+    server_round,
 )
 from fedkt.data import Example
 from fedkt.errors import ConfigError, FedktError, ModelError, TokenizerMismatchError
@@ -153,7 +157,8 @@ def test_run_round_returns_the_distilled_slm_adapter_only(
     client_slm = copy.deepcopy(slm)  # shared by both clients: each update reloads theta
     theta_before, omega_before = adapter_state(slm), adapter_state(llm)
     clients = [LocalClient(client_slm, EXAMPLES[:2]), LocalClient(client_slm, EXAMPLES[2:])]
-    result = run_round(llm, slm, tiny_tokenizer, clients, EXAMPLES[:2], SETTINGS)
+    models = ServerModels(llm, slm, tiny_tokenizer)
+    result = run_round(models, clients, EXAMPLES[:2], SETTINGS)
     assert result.adapter.keys() == theta_before.keys()
     assert any(not torch.equal(result.adapter[k], theta_before[k]) for k in theta_before)
     for key, tensor in adapter_state(slm).items():  # what goes out is the server's distilled theta
@@ -162,6 +167,34 @@ def test_run_round_returns_the_distilled_slm_adapter_only(
     assert any(not torch.equal(omega_after[k], omega_before[k]) for k in omega_before)
     assert result.metrics["clients"] == 2 and result.metrics["client_examples"] == 4
     assert result.metrics["distil_loss"] > 0
+
+
+def test_fedavg_is_the_same_round_without_distillation(
+    pair: tuple[PeftModel, PeftModel], tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    llm, slm = pair
+    omega_before = adapter_state(llm)
+    clients = [LocalClient(copy.deepcopy(slm), EXAMPLES[:2]), LocalClient(slm, EXAMPLES[2:])]
+    fedavg = replace(SETTINGS, distil=False)
+    updates: dict[int, ClientUpdate] = {}
+
+    def exchange(theta: dict[str, torch.Tensor], round_index: int) -> dict[int, ClientUpdate]:
+        updates.update(local_exchange(clients, tiny_tokenizer, fedavg)(theta, round_index))
+        return dict(reversed(updates.items()))  # any arrival order: summed by partition id
+
+    result = server_round(ServerModels(llm, slm, tiny_tokenizer), EXAMPLES[:2], fedavg, 0, exchange)
+    expected = aggregate_adapters([updates[0], updates[1]])
+    for key, tensor in expected.items():
+        torch.testing.assert_close(result.adapter[key], tensor, rtol=0, atol=0)
+    assert adapter_state(llm).keys() == omega_before.keys()
+    assert all(torch.equal(adapter_state(llm)[k], omega_before[k]) for k in omega_before)
+    assert not any(name.startswith("distil_") for name in result.metrics)
+
+
+def test_every_client_and_round_gets_its_own_seed() -> None:
+    seeds = {client_training(TRAIN, k, t).seed for k in range(4) for t in range(3)}
+    assert len(seeds) == 12
+    assert client_training(TRAIN, 2, 1) == client_training(TRAIN, 2, 1)  # reproducible
 
 
 def test_a_pair_with_different_vocabularies_is_refused(

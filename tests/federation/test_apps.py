@@ -1,5 +1,5 @@
 """The FedCoLLM apps: the client handler called directly, then one real Flower simulation
-(Ray, two clients, one round) shared by the end-to-end, equivalence and privacy tests."""
+(Ray, two clients, two rounds) shared by the end-to-end, equivalence and privacy tests."""
 
 from __future__ import annotations
 
@@ -29,15 +29,21 @@ from conftest import Recorder, build_tiny_llama, find_leaks
 from fedkt.algorithms.fedcollm import FedCoLLMSettings, LocalClient, run_round
 from fedkt.data import Example
 from fedkt.errors import FedktError
-from fedkt.federation import FederationResult, FederationSpec, client_app, keys
+from fedkt.federation import fedcollm as client_app
+from fedkt.federation import keys
 from fedkt.federation.codec import adapter_to_record, payload_bytes, record_to_adapter
-from fedkt.federation.server_app import broadcast_content, load_server_models, read_replies
-from fedkt.federation.simulation import simulate_fedcollm
+from fedkt.federation.fedcollm import (
+    FederationResult,
+    FederationSpec,
+    broadcast_content,
+    read_replies,
+    simulate_fedcollm,
+)
 from fedkt.models import LoraSettings, adapter_state, add_lora, load_model
 from fedkt.training import TrainSettings
 
 SETTINGS = FedCoLLMSettings(
-    rounds=1,
+    rounds=2,
     kd_steps=2,
     kd_batch_size=2,
     llm_lr=1e-2,
@@ -129,7 +135,8 @@ def test_client_replies_only_its_adapter_and_count_and_loads_the_slm_once(
         reply = client_app.train(spec.client_setup(), *_train_message(spec, partition, theta))
         assert not reply.has_error()
         assert set(reply.content) == {keys.ADAPTER, keys.COUNTS}
-        assert dict(reply.content.metric_records[keys.COUNTS]) == {keys.N_EXAMPLES: 2}
+        counts = dict(reply.content.metric_records[keys.COUNTS])
+        assert counts == {keys.N_EXAMPLES: 2, keys.PARTITION: partition}
         update = record_to_adapter(reply.content.array_records[keys.ADAPTER])
         assert update.keys() == theta.keys()
         assert any(not torch.equal(update[k], theta[k]) for k in theta)
@@ -155,25 +162,26 @@ def _reply(node: int, content: RecordDict | None = None, error: Error | None = N
     return Message(content=content, error=error, metadata=metadata)
 
 
-def test_server_refuses_failed_or_oversized_replies() -> None:
+def _good(partition: int) -> RecordDict:
+    counts = {keys.N_EXAMPLES: 3, keys.PARTITION: partition}
     theta = {"w": torch.ones(64)}
-    good = RecordDict(
-        {
-            keys.ADAPTER: adapter_to_record(theta),
-            keys.COUNTS: MetricRecord({keys.N_EXAMPLES: 3}),
-        }
-    )
-    updates, sizes = read_replies([_reply(9, good), _reply(4, good)], limit=10_000)
-    assert list(updates) == [4, 9] and updates[4].n_examples == 3
-    assert sizes == {4: payload_bytes(good), 9: payload_bytes(good)}
+    return RecordDict({keys.ADAPTER: adapter_to_record(theta), keys.COUNTS: MetricRecord(counts)})
+
+
+def test_server_reads_replies_by_partition_and_refuses_failed_or_oversized_ones() -> None:
+    updates, sizes = read_replies([_reply(9, _good(0)), _reply(4, _good(1))], limit=10_000)
+    assert list(updates) == [1, 0] and updates[0].n_examples == 3  # node 4 holds partition 1
+    assert sizes == {0: payload_bytes(_good(0)), 1: payload_bytes(_good(1))}
     failed = _reply(5, error=Error(code=0, reason="ModelError in the client of partition 1"))
-    with pytest.raises(FedktError, match=r"1 of 2 clients failed.*node 5: ModelError"):
-        read_replies([_reply(4, good), failed], limit=10_000)
+    with pytest.raises(FedktError, match=r"1 of 2 FedCoLLM clients failed.*node 5: ModelError"):
+        read_replies([_reply(4, _good(0)), failed], limit=10_000)
     with pytest.raises(FedktError, match=r"reply of node 4: .* over the limit of 100 bytes"):
-        read_replies([_reply(4, good)], limit=100)
+        read_replies([_reply(4, _good(0))], limit=100)
+    with pytest.raises(FedktError, match=r"two FedCoLLM replies claim partition 0"):
+        read_replies([_reply(4, _good(0)), _reply(5, _good(0))], limit=10_000)
 
 
-# -- one simulated round ---------------------------------------------------------------------
+# -- one simulated federation ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -190,40 +198,45 @@ def simulated(
     yield result, recorder.messages()
 
 
-def test_one_round_runs_end_to_end_and_matches_the_in_process_round(
+def test_every_round_matches_the_in_process_protocol(
     spec: FederationSpec, simulated: tuple[FederationResult, list[Message]]
 ) -> None:
+    """Two Flower rounds (clients in a Ray process, replies in any order) give the adapters
+    and losses of two in-process `run_round` calls: one round loop, one aggregation order."""
     result, _ = simulated
-    models = load_server_models(spec)  # the same seeded start as the simulation's server
+    models = spec.load_server_models()  # the same seeded start as the simulation's server
     theta0 = adapter_state(models.slm)
     assert any(not torch.equal(result.slm_adapter[k], theta0[k]) for k in theta0)
     client = add_lora(load_model(spec.slm, dtype="float32", device="cpu"), SETTINGS.lora)
     clients = [LocalClient(client, part) for part in CLIENT_DATA]
-    reference = run_round(
-        models.llm, models.slm, models.tokenizer, clients, spec.public_data, SETTINGS
-    )
-    for key, tensor in reference.adapter.items():
+    references = [
+        run_round(models, clients, spec.public_data, SETTINGS, round_index=t)
+        for t in range(SETTINGS.rounds)
+    ]
+    for key, tensor in references[-1].adapter.items():
         torch.testing.assert_close(result.slm_adapter[key], tensor, msg=key)
     for key, tensor in adapter_state(models.llm).items():
         torch.testing.assert_close(result.llm_adapter[key], tensor, msg=key)
-    (record,) = result.rounds
-    assert record.metrics["clients"] == 2 and record.metrics["client_examples"] == 4
-    assert record.metrics["distil_loss"] == pytest.approx(
-        reference.metrics["distil_loss"], rel=1e-4
-    )
+    assert [r.round for r in result.rounds] == [0, 1]
+    for record, reference in zip(result.rounds, references, strict=True):
+        assert record.metrics["clients"] == 2 and record.metrics["client_examples"] == 4
+        assert record.metrics["distil_loss"] == pytest.approx(
+            reference.metrics["distil_loss"], rel=1e-4
+        )
 
 
 def test_bytes_are_counted_per_client_and_direction(
     simulated: tuple[FederationResult, list[Message]],
 ) -> None:
     result, sent = simulated
-    (record,) = result.rounds
     theta_down = payload_bytes(broadcast_content(result.slm_adapter, 0))
-    assert len(record.bytes_down) == len(record.bytes_up) == 2
-    assert set(record.bytes_down.values()) == {theta_down}  # same shapes as what was sent
-    assert sorted(record.bytes_up.values()) == sorted(payload_bytes(m.content) for m in sent)
-    assert record.total_bytes_up == sum(record.bytes_up.values())
-    assert record.total_bytes_down == 2 * theta_down
+    for record in result.rounds:
+        assert set(record.bytes_down) == set(record.bytes_up) == {0, 1}  # partition ids
+        assert set(record.bytes_down.values()) == {theta_down}  # same shapes as what was sent
+        assert record.total_bytes_up == sum(record.bytes_up.values())
+        assert record.total_bytes_down == 2 * theta_down
+    up = sorted(size for record in result.rounds for size in record.bytes_up.values())
+    assert up == sorted(payload_bytes(m.content) for m in sent)
 
 
 def _needles() -> list[str]:
@@ -256,10 +269,11 @@ def test_clients_send_no_question_choice_or_answer_text(
     simulated: tuple[FederationResult, list[Message]],
 ) -> None:
     _, sent = simulated
-    assert len(sent) == 2  # one reply per client, and nothing else left a client
+    assert len(sent) == 4  # one reply per client and round, and nothing else left a client
     for msg in sent:
         assert not msg.has_error()
         assert set(msg.content.array_records) == {keys.ADAPTER}
         assert set(msg.content.metric_records) == {keys.COUNTS}
+        assert set(msg.content.metric_records[keys.COUNTS]) == {keys.N_EXAMPLES, keys.PARTITION}
         assert not msg.content.config_records
         assert _leaks(msg) == []

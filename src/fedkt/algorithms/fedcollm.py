@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
@@ -40,13 +40,21 @@ from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmu
 
 from fedkt.data import Example
 from fedkt.errors import ConfigError, DataError, FedktError, ModelError, TokenizerMismatchError
-from fedkt.models import LoraSettings, adapter_state, check_same_vocabulary, load_adapter_state
+from fedkt.models import (
+    LoraSettings,
+    adapter_state,
+    add_lora,
+    check_same_vocabulary,
+    load_adapter_state,
+    load_model_and_tokenizer,
+)
 from fedkt.training import (
     TrainReport,
     TrainSettings,
     answer_cross_entropy,
     answer_positions,
     collate,
+    derive_seed,
     encode_answer_only,
     kd_loss,
     train_answer_only,
@@ -71,7 +79,9 @@ class FedCoLLMSettings:
         aggregation: "uniform" (the paper, w_k = 1/K) or "weighted" (w_k = n_k / sum n).
         llm_lr: peak lr of the LLM adapter during distillation.
         slm_lr: peak lr of the SLM adapter during distillation.
-        seed: seeds the public batch order and dropout (offset by the round index).
+        seed: seeds the public batch order and dropout (derived per round) and the LoRA
+            initialisation of both server models.
+        distil: run step 4; False is FedAvg (the same rounds without distillation).
         client: local training of the clients. The server's two optimisers reuse its betas,
             weight decay, warmup ratio, clip norm and max length (one set in the paper).
         lora: the LoRA adapters of both models.
@@ -87,6 +97,7 @@ class FedCoLLMSettings:
     llm_lr: float = 3e-5
     slm_lr: float = 3e-4
     seed: int = 0
+    distil: bool = True
     client: TrainSettings = field(default_factory=TrainSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
@@ -378,13 +389,112 @@ def _optimiser(
     return optimiser, get_cosine_schedule_with_warmup(optimiser, warmup, settings.kd_steps)
 
 
+# -- the server's models ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerModels:
+    """The server's LLM (adapter omega), its SLM copy (global adapter theta), one tokenizer."""
+
+    llm: PeftModel
+    slm: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+
+
+def load_server_models(
+    llm_name: str,
+    slm_name: str,
+    settings: FedCoLLMSettings,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> ServerModels:
+    """Both models with fresh LoRA, after checking they share one vocabulary.
+
+    The LoRA initialisation is seeded by ``settings.seed``: theta's first value is the same in
+    every run of the same settings, and so is every baseline's starting adapter.
+    """
+    llm, llm_tokenizer = load_model_and_tokenizer(llm_name, dtype=dtype, device=device)
+    slm, slm_tokenizer = load_model_and_tokenizer(slm_name, dtype=dtype, device=device)
+    check_pair(llm_tokenizer, slm_tokenizer, llm, slm)
+    torch.manual_seed(settings.seed)
+    return ServerModels(add_lora(llm, settings.lora), add_lora(slm, settings.lora), llm_tokenizer)
+
+
 # -- one round -------------------------------------------------------------------------------
+
+Exchange = Callable[[Adapter, int], Mapping[int, ClientUpdate]]
+"""Steps 1-2 as a transport performs them: send theta of round t to every client, return each
+client's update keyed by its partition id (Flower messages in `fedkt.federation.fedcollm`,
+plain calls in `local_exchange`)."""
+
+
+def client_training(train: TrainSettings, partition: int, round_index: int) -> TrainSettings:
+    """Client ``partition``'s local training in round ``round_index``: its own seed, so no two
+    clients (and no two rounds) share a batch order or dropout mask."""
+    return replace(train, seed=derive_seed(train.seed, partition, round_index))
+
+
+def server_round(
+    models: ServerModels,
+    public_examples: Sequence[Example],
+    settings: FedCoLLMSettings,
+    round_index: int,
+    exchange: Exchange,
+    *,
+    progress: bool = False,
+) -> RoundResult:
+    """One round, as the server runs it; ``models`` are updated in place (omega stays inside
+    ``models.llm``). With ``settings.distil`` off this is FedAvg: steps 1-3 only."""
+    theta = adapter_state(models.slm)  # 1. broadcast theta
+    updates = exchange(theta, round_index)  # 2. local training on the clients
+    ordered = [updates[k] for k in sorted(updates)]  # partition order: reruns sum identically
+    load_adapter_state(models.slm, aggregate_adapters(ordered, settings.aggregation))  # 3.
+    metrics = {
+        "clients": float(len(ordered)),
+        "client_examples": float(sum(u.n_examples for u in ordered)),
+    }
+    if settings.distil:  # 4. mutual distillation on D_a
+        distil = mutual_distillation(
+            models.llm,
+            models.slm,
+            models.tokenizer,
+            public_examples,
+            settings,
+            seed=derive_seed(settings.seed, round_index),
+            progress=progress,
+        )
+        metrics |= {f"distil_{name}": value for name, value in distil.items()}
+    return RoundResult(adapter=adapter_state(models.slm), metrics=metrics)  # 5. theta out
+
+
+def local_exchange(
+    clients: Sequence[LocalClient],
+    tokenizer: PreTrainedTokenizerBase,
+    settings: FedCoLLMSettings,
+    *,
+    progress: bool = False,
+) -> Exchange:
+    """Steps 1-2 by plain calls: client k (partition id k) trains in this process."""
+
+    def exchange(theta: Adapter, round_index: int) -> dict[int, ClientUpdate]:
+        return {
+            k: client_update(
+                client.slm,
+                tokenizer,
+                theta,
+                client.examples,
+                client_training(settings.client, k, round_index),
+                progress=progress,
+            )
+            for k, client in enumerate(clients)
+        }
+
+    return exchange
 
 
 def run_round(
-    llm: PeftModel,
-    slm: PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
+    models: ServerModels,
     clients: Sequence[LocalClient],
     public_examples: Sequence[Example],
     settings: FedCoLLMSettings,
@@ -392,29 +502,6 @@ def run_round(
     round_index: int = 0,
     progress: bool = False,
 ) -> RoundResult:
-    """One FedCoLLM round in process; the server's `slm` holds theta and `llm` holds omega.
-
-    Both server models are updated in place. Only the SLM adapter is returned: omega stays
-    inside `llm`. Seeds are offset by `round_index` so rounds see different batch orders.
-    """
-    global_adapter = adapter_state(slm)  # 1. broadcast
-    client_settings = replace(settings.client, seed=settings.client.seed + round_index)
-    updates = [  # 2. local training
-        client_update(
-            c.slm, tokenizer, global_adapter, c.examples, client_settings, progress=progress
-        )
-        for c in clients
-    ]
-    load_adapter_state(slm, aggregate_adapters(updates, settings.aggregation))  # 3. aggregate
-    seed = settings.seed + round_index  # 4. mutual distillation on D_a
-    distil = mutual_distillation(
-        llm, slm, tokenizer, public_examples, settings, seed=seed, progress=progress
-    )
-    reports = [u.report for u in updates if u.report is not None]
-    metrics = {
-        "clients": float(len(updates)),
-        "client_examples": float(sum(u.n_examples for u in updates)),
-        "client_loss": sum(r.last_loss for r in reports) / len(reports),
-        **{f"distil_{name}": value for name, value in distil.items()},
-    }
-    return RoundResult(adapter=adapter_state(slm), metrics=metrics)  # 5. theta for next round
+    """One round in this process: `server_round` over `local_exchange`."""
+    exchange = local_exchange(clients, models.tokenizer, settings, progress=progress)
+    return server_round(models, public_examples, settings, round_index, exchange, progress=progress)

@@ -100,3 +100,21 @@ def _fill_empty(shards: list[list[int]]) -> None:
 
 def _pick(items: Sequence[T], indices: Sequence[int]) -> list[T]:
     return [items[i] for i in sorted(indices)]
+
+
+def split_dev(items: Sequence[T], size: int, seed: int = 0) -> tuple[list[T], list[T]]:
+    """``(dev, rest)``: `size` items drawn at random (``random.Random(seed)``) as a dev split
+    for tuning, and every other item in its original order.
+
+    Carve it from the whole train split before anything else is cut from it: the dev rows are
+    then the same whatever the train limit, and disjoint from every client's and the public
+    part, so settings chosen on them leave validation for reporting.
+    """
+    if not 0 <= size < len(items):
+        raise ConfigError(
+            f"a dev split of {size} rows needs 0 <= size < {len(items)} (the train rows); "
+            "lower data.dev_rows."
+        )
+    chosen = set(random.Random(seed).sample(range(len(items)), size))
+    dev = [items[i] for i in sorted(chosen)]
+    return dev, [item for i, item in enumerate(items) if i not in chosen]

@@ -27,7 +27,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
@@ -43,10 +43,11 @@ from fedkt.algorithms.fedcot import (
 from fedkt.data import Example
 from fedkt.data.cot import predict_example
 from fedkt.errors import ConfigError, FedktError
-from fedkt.evaluation import evaluate
+from fedkt.evaluation import evaluate_rows
 from fedkt.federation import keys
-from fedkt.federation.client_app import answer_privately
-from fedkt.federation.server_app import wait_for_nodes
+from fedkt.federation.boundary import answer_privately
+from fedkt.federation.messaging import checked_replies, wait_for_nodes
+from fedkt.federation.simulation import simulate
 from fedkt.generation import (
     Backend,
     Request,
@@ -62,9 +63,11 @@ from fedkt.models import (
     add_lora,
     load_adapter_state,
     load_model_and_tokenizer,
-    merged_copy,
+    scoring_copy,
 )
 from fedkt.privacy import PerturbationKit, Strategy, TextPerturber, build_kit, public_importance
+from fedkt.report import write_jsonl
+from fedkt.training import derive_seed
 
 _LOG = logging.getLogger(__name__)
 _PENDING = "fedcot-pending"
@@ -89,6 +92,11 @@ class FedCoTSpec:
         client_cpus, client_gpus: Ray resources per simulated client.
         eval_batch_size, eval_max_new_tokens: client-side scoring.
         response_store: JSONL file of the server's answers (resumable); None: in memory.
+        predictions_dir: where each client writes its SLM's per-row predictions on the
+            evaluation rows (``slm-client<k>.jsonl``, on the client's own disk); None: not
+            written.
+        artefacts_dir: where each client saves its trained SLM adapter, in peft's format
+            (``clients/<partition-id>/slm``, on the client's own disk); None: not saved.
         max_message_bytes: larger messages are refused, in both directions.
     """
 
@@ -107,6 +115,8 @@ class FedCoTSpec:
     eval_batch_size: int = 16
     eval_max_new_tokens: int = 256
     response_store: str | None = None
+    predictions_dir: str | None = None
+    artefacts_dir: str | None = None
     max_message_bytes: int = keys.DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
@@ -210,19 +220,24 @@ def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: i
     recovery = client_recover(models.decoder, examples, sent, responses, spec.settings)
     load_adapter_state(models.slm, models.fresh_adapter)  # every run starts from one adapter
     settings = spec.settings
-    train = replace(settings.train, seed=settings.train.seed + partition)
+    train = replace(settings.train, seed=derive_seed(settings.train.seed, partition))
     report = client_train(
         models.slm, models.slm_tokenizer, examples, recovery, replace(settings, train=train)
     )
-    scores = evaluate(
-        merged_copy(models.slm),
+    evaluation = evaluate_rows(
+        scoring_copy(models.slm),
         models.slm_tokenizer,
         [predict_example(example) for example in spec.eval_data],
         batch_size=spec.eval_batch_size,
         max_new_tokens=spec.eval_max_new_tokens,
     )
+    if spec.artefacts_dir is not None:
+        target = Path(spec.artefacts_dir) / "clients" / str(partition) / "slm"
+        models.slm.save_pretrained(str(target))
+    if spec.predictions_dir is not None:
+        write_jsonl(Path(spec.predictions_dir) / f"slm-client{partition}.jsonl", evaluation.rows)
     result = {
-        **scores,
+        **evaluation.scores,
         "rationales": len(recovery.rationales),
         "missing": recovery.missing,
         "rejected": recovery.rejected,
@@ -323,21 +338,8 @@ def run_fedcot_server(grid: Grid, spec: FedCoTSpec, backend: Backend) -> FedCoTR
 
 def _by_node(replies: Any, spec: FedCoTSpec) -> dict[int, tuple[Message, int]]:
     """Each node's reply and its payload size; any error reply raises, naming the nodes."""
-    replies = list(replies)
-    errors = [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()]
-    if errors:
-        raise FedktError(
-            f"{len(errors)} of {len(replies)} FedCoT clients failed: " + "; ".join(errors)
-        )
-    return {
-        r.metadata.src_node_id: (
-            r,
-            keys.check_message_size(
-                r.content, spec.max_message_bytes, what=f"reply of node {r.metadata.src_node_id}"
-            ),
-        )
-        for r in replies
-    }
+    checked = checked_replies(replies, spec.max_message_bytes, algorithm="FedCoT")
+    return {reply.metadata.src_node_id: (reply, size) for reply, size in checked}
 
 
 def _requests(reply: Message) -> list[Request]:
@@ -378,23 +380,16 @@ def _prompt_key(prompt: str) -> str:
 def simulate_fedcot(spec: FedCoTSpec, *, client_mods: Sequence[Mod] = ()) -> FedCoTResult:
     """Run ``spec`` with one simulated SuperNode per client partition; the server LLM lives in
     this process (vLLM when installed and a GPU is present, else transformers)."""
-    from flwr.simulation import run_simulation  # imports Ray (~1 s): only when simulating
 
-    results: list[FedCoTResult] = []
-    server = ServerApp()
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
+    def server_main(grid: Grid) -> FedCoTResult:
         model, tokenizer = load_model_and_tokenizer(spec.llm, dtype=spec.dtype, device=spec.device)
         backend = make_backend(model, tokenizer, prefer_vllm=True, model_path=None)
-        results.append(run_fedcot_server(grid, spec, backend))
+        return run_fedcot_server(grid, spec, backend)
 
-    run_simulation(
-        server_app=server,
-        client_app=make_fedcot_client_app(spec, client_mods),
-        num_supernodes=spec.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": spec.client_cpus, "num_gpus": spec.client_gpus}
-        },
+    return simulate(
+        server_main,
+        make_fedcot_client_app(spec, client_mods),
+        num_clients=spec.num_clients,
+        client_cpus=spec.client_cpus,
+        client_gpus=spec.client_gpus,
     )
-    return results[0]

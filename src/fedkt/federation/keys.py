@@ -3,9 +3,11 @@
 FedCoLLM. A round is one Flower ``train`` message per client and one reply:
 
     server -> client   {ADAPTER: ArrayRecord(theta),   CONFIG: ConfigRecord{ROUND: t}}
-    client -> server   {ADAPTER: ArrayRecord(theta_k), COUNTS: MetricRecord{N_EXAMPLES: n_k}}
+    client -> server   {ADAPTER: ArrayRecord(theta_k),
+                        COUNTS: MetricRecord{N_EXAMPLES: n_k, PARTITION: k}}
 
-Nothing else crosses the boundary: no text, no losses, no client report.
+Nothing else crosses the boundary: no text, no losses, no client report. The partition id
+names the sender (not its data): the server sums in partition order, so a rerun sums alike.
 
 FedCoT. One ``query`` and one ``train`` message per client, no weights:
 
@@ -47,6 +49,9 @@ COUNTS = "counts"
 
 N_EXAMPLES = "n-examples"
 """int in COUNTS: n_k, the client's number of training examples (weighted aggregation)."""
+
+PARTITION = "partition-id"
+"""int in COUNTS: the client's partition id k (its node config's ``partition-id``)."""
 
 REQUESTS = "requests"
 """FedCoT ConfigRecord up: a client's request ids and perturbed prompts (parallel lists)."""

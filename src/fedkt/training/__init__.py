@@ -3,6 +3,7 @@
 from fedkt.training.batching import IGNORE_INDEX, collate, encode_answer_only
 from fedkt.training.loop import TrainReport, TrainSettings, train_answer_only, train_multitask
 from fedkt.training.losses import answer_cross_entropy, answer_positions, kd_loss
+from fedkt.training.seeds import derive_seed
 
 __all__ = [
     "IGNORE_INDEX",
@@ -11,6 +12,7 @@ __all__ = [
     "answer_cross_entropy",
     "answer_positions",
     "collate",
+    "derive_seed",
     "encode_answer_only",
     "kd_loss",
     "train_answer_only",

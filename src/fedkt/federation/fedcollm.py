@@ -1,0 +1,404 @@
+"""FedCoLLM over Flower's Message API: the client app, the server app and their simulation.
+
+A round is one ``train`` message per client and one reply (wire format in `keys`): the server
+sends theta and the round index; the client runs `fedcollm.client_update` and replies with
+theta_k, n_k and its partition id. The server's round is `fedcollm.server_round` itself, with
+these messages as its exchange, so the in-process protocol and the federation are one code
+path. The server models live in the ServerApp's process; clients keep their SLM loaded across
+rounds (a Ray actor serves many messages from one module-level cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+from flwr.serverapp import Grid
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+from fedkt.algorithms.fedcollm import (
+    Adapter,
+    ClientUpdate,
+    FedCoLLMSettings,
+    ServerModels,
+    client_training,
+    client_update,
+    load_server_models,
+    server_round,
+)
+from fedkt.data import Example
+from fedkt.errors import ConfigError, FedktError
+from fedkt.federation import keys
+from fedkt.federation.boundary import answer_privately
+from fedkt.federation.checkpoint import read_checkpoint, write_checkpoint
+from fedkt.federation.codec import adapter_to_record, record_to_adapter
+from fedkt.federation.messaging import checked_replies, wait_for_nodes
+from fedkt.federation.simulation import simulate
+from fedkt.models import (
+    LoraSettings,
+    adapter_state,
+    add_lora,
+    load_adapter_state,
+    load_model_and_tokenizer,
+)
+from fedkt.report import to_strict_json
+from fedkt.training import TrainSettings
+
+_LOG = logging.getLogger(__name__)
+
+# ---- what a run needs and returns ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientSetup:
+    """What a client process needs to answer a round.
+
+    Args:
+        slm: the SLM's model name (embedded name, local directory or hub id).
+        partitions: the private examples D_k of every client, indexed by Flower's
+            ``partition-id``. The simulation ships the table to each client process, which
+            reads only its own entry; a deployed SuperNode would hold just its own data.
+        train: local training settings; each client derives its own seed per round.
+        lora: the SLM's LoRA (must match the server's, or aggregation refuses the update).
+        dtype: model dtype (None: fedkt.models.pick_dtype).
+        device: model device (None: fedkt.models.pick_device).
+        max_message_bytes: replies larger than this are refused before sending.
+    """
+
+    slm: str
+    partitions: tuple[tuple[Example, ...], ...]
+    train: TrainSettings
+    lora: LoraSettings
+    dtype: str | None = None
+    device: str | None = None
+    max_message_bytes: int = keys.DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True)
+class FederationSpec:
+    """One FedCoLLM federation: the models by name, the data split and the settings.
+
+    Args:
+        llm: the server LLM's model name (embedded name, local directory or hub id).
+        slm: the SLM's model name, loaded by the server and by every client.
+        client_data: the private partitions D_k, one per client (Flower partition-id k).
+        public_data: the server's public set D_a for mutual distillation.
+        settings: FedCoLLM hyperparameters (rounds, KD, client training, LoRA); with
+            ``settings.distil`` off the federation is FedAvg.
+        dtype: model dtype on both sides (None: fedkt.models.pick_dtype).
+        device: model device on both sides (None: fedkt.models.pick_device).
+        client_cpus: CPU cores Ray reserves per client; clients run side by side when the
+            machine has room for several.
+        client_gpus: GPU share Ray reserves per client (0: clients train on CPU).
+        max_message_bytes: messages with a larger payload are refused, in both directions.
+        checkpoint: file the server rewrites (atomically) after every round with both
+            adapters, the round index, the round records and what ``after_round`` returned;
+            None: no checkpoint.
+        resume: continue from ``checkpoint`` when it exists (a fresh start when it does not).
+    """
+
+    llm: str
+    slm: str
+    client_data: tuple[tuple[Example, ...], ...]
+    public_data: tuple[Example, ...]
+    settings: FedCoLLMSettings
+    dtype: str | None = None
+    device: str | None = None
+    client_cpus: int = 1
+    client_gpus: float = 0.0
+    max_message_bytes: int = keys.DEFAULT_MAX_MESSAGE_BYTES
+    checkpoint: str | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        empty = [k for k, part in enumerate(self.client_data) if not part]
+        if not self.client_data or empty:
+            raise ConfigError(
+                f"FederationSpec.client_data: need at least one client and no empty partition "
+                f"(empty: {empty}); drop empty partitions or split the data differently."
+            )
+        if self.client_cpus < 1 or self.client_gpus < 0 or self.max_message_bytes < 1:
+            raise ConfigError(
+                f"FederationSpec: client_cpus={self.client_cpus} must be >= 1, client_gpus="
+                f"{self.client_gpus} >= 0 and max_message_bytes={self.max_message_bytes} >= 1."
+            )
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_data)
+
+    def client_setup(self) -> ClientSetup:
+        """The client side's share of the spec: no LLM, no public data."""
+        return ClientSetup(
+            slm=self.slm,
+            partitions=self.client_data,
+            train=self.settings.client,
+            lora=self.settings.lora,
+            dtype=self.dtype,
+            device=self.device,
+            max_message_bytes=self.max_message_bytes,
+        )
+
+    def load_server_models(self) -> ServerModels:
+        return load_server_models(
+            self.llm, self.slm, self.settings, dtype=self.dtype, device=self.device
+        )
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round as the server saw it.
+
+    ``bytes_down``/``bytes_up`` map each client's partition id to the payload bytes of the
+    message sent to it / received from it (`codec.payload_bytes`). ``metrics`` holds
+    "clients", "client_examples", the mean distillation terms ("distil_llm_ce", ...,
+    "distil_seconds"; none for FedAvg) and "seconds" (the whole round).
+    """
+
+    round: int
+    bytes_down: dict[int, int]
+    bytes_up: dict[int, int]
+    metrics: dict[str, float]
+
+    @property
+    def total_bytes_down(self) -> int:
+        return sum(self.bytes_down.values())
+
+    @property
+    def total_bytes_up(self) -> int:
+        return sum(self.bytes_up.values())
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RoundRecord:
+        """The inverse of `dataclasses.asdict` after a JSON round trip (keys become strings)."""
+        as_ints = {
+            k: {int(p): int(b) for p, b in raw[k].items()} for k in ("bytes_down", "bytes_up")
+        }
+        return cls(int(raw["round"]), **as_ints, metrics=dict(raw["metrics"]))
+
+
+@dataclass(frozen=True)
+class FederationResult:
+    """The final global SLM adapter theta (what clients use), the server's LLM adapter omega
+    (it never left the server), one record per round and, per round, what ``after_round``
+    returned (None where it returned nothing)."""
+
+    slm_adapter: Adapter
+    llm_adapter: Adapter
+    rounds: tuple[RoundRecord, ...]
+    after_round: tuple[Any, ...] = ()
+
+
+AfterRound = Callable[[int, ServerModels], Any]
+"""Called with the round index and the live server models after every round, before the
+checkpoint is written (evaluation, artefacts); what it returns (JSON-able) is kept in the
+checkpoint and in `FederationResult.after_round`."""
+
+# ---- client -------------------------------------------------------------------------------
+
+_SlmKey = tuple[str, LoraSettings, str | None, str | None]
+_SLMS: dict[_SlmKey, tuple[PeftModel, PreTrainedTokenizerBase]] = {}
+
+
+def make_client_app(setup: ClientSetup, mods: Sequence[Mod] = ()) -> ClientApp:
+    """A ClientApp answering FedCoLLM ``train`` messages; ``mods`` wrap its handler (e.g. an
+    audit that records every outgoing message)."""
+    app = ClientApp(mods=list(mods))
+    # A partial of a module-level function pickles by reference: Ray ships `setup` by value
+    # and each client process keeps using this module's model cache.
+    app.train()(partial(train, setup))
+    return app
+
+
+def train(setup: ClientSetup, msg: Message, context: Context) -> Message:
+    """The ``train`` handler: local update, or an error reply that quotes no data."""
+    return answer_privately("FedCoLLM", partial(_train, setup), msg, context)
+
+
+def _train(setup: ClientSetup, msg: Message, context: Context, partition: int) -> Message:
+    slm, tokenizer = _load_slm(setup)
+    round_index = int(msg.content.config_records[keys.CONFIG][keys.ROUND])  # type: ignore[arg-type]
+    settings = client_training(setup.train, partition, round_index)
+    theta = record_to_adapter(msg.content.array_records[keys.ADAPTER])
+    update = client_update(slm, tokenizer, theta, setup.partitions[partition], settings)
+    content = RecordDict(
+        {
+            keys.ADAPTER: adapter_to_record(update.adapter),
+            keys.COUNTS: MetricRecord(
+                {keys.N_EXAMPLES: update.n_examples, keys.PARTITION: partition}
+            ),
+        }
+    )
+    keys.check_message_size(
+        content, setup.max_message_bytes, what=f"reply of partition {partition}"
+    )
+    return Message(content, reply_to=msg)
+
+
+def _load_slm(setup: ClientSetup) -> tuple[PeftModel, PreTrainedTokenizerBase]:
+    """This process's SLM with LoRA, loaded on first use.
+
+    Partitions served by one process share it: `client_update` first loads the broadcast
+    adapter over every LoRA weight and builds a fresh optimiser, so nothing carries over
+    from one partition to the next.
+    """
+    key = (setup.slm, setup.lora, setup.dtype, setup.device)
+    if key not in _SLMS:
+        model, tokenizer = load_model_and_tokenizer(
+            setup.slm, dtype=setup.dtype, device=setup.device
+        )
+        _SLMS[key] = (add_lora(model, setup.lora), tokenizer)
+    return _SLMS[key]
+
+
+# ---- server -------------------------------------------------------------------------------
+
+
+def run_server(
+    grid: Grid,
+    spec: FederationSpec,
+    models: ServerModels,
+    after_round: AfterRound | None = None,
+) -> FederationResult:
+    """All rounds, top to bottom (from the checkpoint's next round when resuming); ``models``
+    are updated in place.
+
+    A round's checkpoint is complete: clients and the server's distillation build fresh
+    optimisers every round and draw every seed from (seed, partition, round), so theta, omega
+    and the round index are all the state there is, and a resumed run repeats an
+    uninterrupted one bit for bit.
+    """
+    nodes = wait_for_nodes(grid, spec.num_clients)
+    records, kept = _resume(spec, models)
+    for t in range(len(records), spec.settings.rounds):
+        start = time.perf_counter()
+        exchange = FlowerExchange(grid, nodes, spec)
+        result = server_round(models, spec.public_data, spec.settings, t, exchange)
+        metrics = {**result.metrics, "seconds": time.perf_counter() - start}
+        records.append(RoundRecord(t, exchange.bytes_down, exchange.bytes_up, metrics))
+        kept.append(None if after_round is None else after_round(t, models))
+        if spec.checkpoint is not None:
+            _write_checkpoint(Path(spec.checkpoint), models, records, kept)
+    return FederationResult(
+        slm_adapter=adapter_state(models.slm),
+        llm_adapter=adapter_state(models.llm),
+        rounds=tuple(records),
+        after_round=tuple(kept),
+    )
+
+
+def _write_checkpoint(
+    path: Path, models: ServerModels, records: list[RoundRecord], kept: list[Any]
+) -> None:
+    adapters = {"llm": adapter_state(models.llm), "slm": adapter_state(models.slm)}
+    state = {
+        "rounds_done": len(records),
+        "records": [dataclasses.asdict(record) for record in records],
+        "after_round": kept,
+    }
+    write_checkpoint(path, adapters, to_strict_json(state))
+
+
+def _resume(spec: FederationSpec, models: ServerModels) -> tuple[list[RoundRecord], list[Any]]:
+    """The records and kept values of the rounds already done, with their adapters loaded
+    into ``models``; nothing when not resuming or no checkpoint exists yet."""
+    if not spec.resume or spec.checkpoint is None or not Path(spec.checkpoint).exists():
+        return [], []
+    adapters, state = read_checkpoint(Path(spec.checkpoint))
+    done = int(state["rounds_done"])
+    if done > spec.settings.rounds:
+        raise FedktError(
+            f"checkpoint {spec.checkpoint} has {done} rounds but the run asks for "
+            f"{spec.settings.rounds}; delete it to start this method again."
+        )
+    load_adapter_state(models.llm, adapters["llm"])
+    load_adapter_state(models.slm, adapters["slm"])
+    _LOG.info("FedCoLLM resumes after round %d from %s", done, spec.checkpoint)
+    return [RoundRecord.from_json(r) for r in state["records"]], list(state["after_round"])
+
+
+class FlowerExchange:
+    """Steps 1-2 over Flower (an `Exchange`): one ``train`` message per node, the replies read
+    back by partition id; it keeps the payload bytes of each direction per partition."""
+
+    def __init__(self, grid: Grid, nodes: list[int], spec: FederationSpec) -> None:
+        self.grid, self.nodes, self.limit = grid, nodes, spec.max_message_bytes
+        self.bytes_down: dict[int, int] = {}
+        self.bytes_up: dict[int, int] = {}
+
+    def __call__(self, theta: Adapter, round_index: int) -> Mapping[int, ClientUpdate]:
+        content = broadcast_content(theta, round_index)
+        down = keys.check_message_size(content, self.limit, what=f"round {round_index} broadcast")
+        messages = [
+            Message(content, dst_node_id=node, message_type=keys.TRAIN, group_id=str(round_index))
+            for node in self.nodes
+        ]
+        updates, self.bytes_up = read_replies(self.grid.send_and_receive(messages), self.limit)
+        self.bytes_down = dict.fromkeys(updates, down)
+        return updates
+
+
+def broadcast_content(theta: Adapter, round_index: int) -> RecordDict:
+    """What every client receives in round ``round_index``: theta and the round index."""
+    return RecordDict(
+        {
+            keys.ADAPTER: adapter_to_record(theta),
+            keys.CONFIG: ConfigRecord({keys.ROUND: round_index}),
+        }
+    )
+
+
+def read_replies(
+    replies: Iterable[Message], limit: int
+) -> tuple[dict[int, ClientUpdate], dict[int, int]]:
+    """Each client's update and reply size, keyed by its partition id; any error reply, an
+    oversized reply or two replies for one partition raise."""
+    updates: dict[int, ClientUpdate] = {}
+    sizes: dict[int, int] = {}
+    for reply, size in checked_replies(replies, limit, algorithm="FedCoLLM"):
+        counts = reply.content.metric_records[keys.COUNTS]
+        partition = int(counts[keys.PARTITION])  # type: ignore[arg-type]
+        if partition in updates:
+            raise FedktError(
+                f"two FedCoLLM replies claim partition {partition}; every SuperNode needs its "
+                "own partition-id in its node config."
+            )
+        sizes[partition] = size
+        updates[partition] = ClientUpdate(
+            adapter=record_to_adapter(reply.content.array_records[keys.ADAPTER]),
+            n_examples=int(counts[keys.N_EXAMPLES]),  # type: ignore[arg-type]
+        )
+    return updates, sizes
+
+
+# ---- simulation ---------------------------------------------------------------------------
+
+
+def simulate_fedcollm(
+    spec: FederationSpec,
+    *,
+    client_mods: Sequence[Mod] = (),
+    after_round: AfterRound | None = None,
+) -> FederationResult:
+    """All of ``spec``'s rounds with one simulated SuperNode per client partition.
+
+    ``client_mods`` wrap every client's handler (Flower mods), e.g. to audit what leaves a
+    client; ``after_round(t, models)`` sees the live server models after round t.
+    """
+    return simulate(
+        lambda grid: run_server(grid, spec, spec.load_server_models(), after_round),
+        make_client_app(spec.client_setup(), client_mods),
+        num_clients=spec.num_clients,
+        client_cpus=spec.client_cpus,
+        client_gpus=spec.client_gpus,
+    )

@@ -1,0 +1,50 @@
+"""What every server app does with the grid: wait for its clients, check their replies."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from fedkt.errors import FedktError
+from fedkt.federation.keys import check_message_size
+
+NODE_WAIT_SECONDS = 120.0
+"""How long a server waits for all clients to register before giving up."""
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float = NODE_WAIT_SECONDS) -> list[int]:
+    """The node ids of ``count`` clients, sorted, once that many have registered."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < count:
+        if time.monotonic() > deadline:
+            raise FedktError(
+                f"only {len(nodes)} of {count} clients registered within {timeout:.0f} s; "
+                "check that the SuperNodes are running and can reach the SuperLink."
+            )
+        time.sleep(0.05)
+    return nodes
+
+
+def checked_replies(
+    replies: Iterable[Message], limit: int, *, algorithm: str
+) -> list[tuple[Message, int]]:
+    """Each reply with its payload size, sorted by node id; an error reply or an oversized
+    one raises, naming every failed node (their reasons quote no data: see `boundary`)."""
+    replies = sorted(replies, key=lambda reply: reply.metadata.src_node_id)
+    errors = [f"node {r.metadata.src_node_id}: {r.error.reason}" for r in replies if r.has_error()]
+    if errors:
+        raise FedktError(
+            f"{len(errors)} of {len(replies)} {algorithm} clients failed: " + "; ".join(errors)
+        )
+    return [
+        (
+            reply,
+            check_message_size(
+                reply.content, limit, what=f"reply of node {reply.metadata.src_node_id}"
+            ),
+        )
+        for reply in replies
+    ]
