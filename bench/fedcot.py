@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from fedkt.config import load_config, with_overrides
-from fedkt.experiments import headline, results_table, run_experiment
+from fedkt.experiments import results_table, run_experiment
 from fedkt.experiments.fedcot import plot_fedcot, privacy_table
+from fedkt.experiments.summary import headline
 from fedkt.report import write_json
 
 REPO = Path(__file__).resolve().parents[1]

@@ -107,6 +107,19 @@ def shared_data_dir() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def tiny_pair(tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast) -> tuple[Path, Path]:
+    """A 3-layer LLM and a 2-layer SLM saved to disk: the simulated clients load them by path."""
+    paths = []
+    for name, layers, seed in (("llm", 3, 1), ("slm", 2, 0)):
+        build_tiny_llama(len(tiny_tokenizer), n_layers=layers, seed=seed).save_pretrained(
+            tmp_path / name
+        )
+        tiny_tokenizer.save_pretrained(tmp_path / name)
+        paths.append(tmp_path / name)
+    return paths[0], paths[1]
+
+
 @pytest.fixture(autouse=True)
 def _offline_and_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never reach a hub; keep caches per test."""

@@ -9,15 +9,13 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from transformers import PreTrainedTokenizerFast
 
-from conftest import build_tiny_llama
 from fedkt.cli import main
 from fedkt.config import BASELINES, FederationConfig, build_config
 from fedkt.data import Example
 from fedkt.errors import ConfigError
-from fedkt.experiments import BASELINES as RUNNERS
 from fedkt.experiments import partition
+from fedkt.experiments.fedcollm import METHODS as RUNNERS
 
 
 def test_sections_parse_into_typed_settings() -> None:
@@ -74,19 +72,6 @@ def test_partition_keeps_fedcollms_public_part_and_every_row(
         assert [len(part) for part in clients] == [10, 10, 10, 10]
 
 
-@pytest.fixture
-def tiny_pair(tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast) -> tuple[Path, Path]:
-    """A 3-layer LLM and a 2-layer SLM saved to disk: the simulated clients load them by path."""
-    paths = []
-    for name, layers, seed in (("llm", 3, 1), ("slm", 2, 0)):
-        build_tiny_llama(len(tiny_tokenizer), n_layers=layers, seed=seed).save_pretrained(
-            tmp_path / name
-        )
-        tiny_tokenizer.save_pretrained(tmp_path / name)
-        paths.append(tmp_path / name)
-    return paths[0], paths[1]
-
-
 def test_run_compares_all_five_baselines_end_to_end(
     tiny_pair: tuple[Path, Path],
     shared_data_dir: Path,
@@ -113,16 +98,26 @@ def test_run_compares_all_five_baselines_end_to_end(
     assert main(["run", str(config)]) == 0
 
     entry = json.loads((out / "results.json").read_text())["tasks"]["ag_news"]
-    assert entry["rows"] == {"clients": [5, 5], "public": 5, "eval": 8}
+    assert entry["rows"] == {"clients": [5, 5], "public": 5, "dev": 200, "eval": 8}
     runs = entry["baselines"]
     assert list(runs) == list(BASELINES)
     assert runs["standalone"]["llm"] is None and len(runs["standalone"]["clients"]) == 2
     for name in BASELINES:
-        assert runs[name]["slm"]["n"] == 8 and runs[name]["seconds"] > 0
+        slm = runs[name]["slm"]
+        assert slm["n"] == 8 and runs[name]["seconds"] > 0
+        assert slm["acc_stderr"] == pytest.approx(_stderr(out, name, slm["acc"]), abs=1e-9)
+        predictions = out / "predictions" / "ag_news" / name
+        slm_file = "slm-client0.jsonl" if name == "standalone" else "slm.jsonl"
+        assert (predictions / slm_file).is_file()
         if name != "standalone":
             assert 0.0 <= runs[name]["llm"]["acc"] <= 1.0
+            assert (predictions / "llm.jsonl").is_file() or name == "fedavg"  # its LLM: zero-shot
+    claims = {test["claim"]: test for test in entry["comparisons"]}
+    assert "SLM fedcollm > fedavg" in claims and "LLM fedcollm >= centralized - 1 pt" in claims
+    for test in claims.values():
+        assert test["n"] == 8 and 0.0 <= test["p_value"] <= 1.0 and isinstance(test["holds"], bool)
     assert runs["fedavg"]["llm"] == runs["zero_shot"]["llm"]  # its LLM is never trained
-    (point,) = runs["fedcollm"]["curve"]
+    (point,) = runs["fedcollm"]["curve"]  # one round, scored once
     assert point["round"] == 1 and point["slm"] == runs["fedcollm"]["slm"]
     for name in ("fedavg", "fedcollm"):
         (record,) = runs[name]["rounds"]
@@ -134,5 +129,33 @@ def test_run_compares_all_five_baselines_end_to_end(
     assert "distil_loss" not in runs["fedavg"]["rounds"][0]["metrics"]
 
     assert (out / "results.png").read_bytes().startswith(b"\x89PNG")
+    folder = out / "ag_news"
+    for method, adapters in {
+        "fedcollm": ("llm", "slm"),
+        "fedavg": ("slm",),
+        "centralized": ("llm", "slm"),
+        "standalone": ("clients/0/slm", "clients/1/slm"),
+        "zero_shot": (),
+    }.items():
+        run = json.loads((folder / method / "run.json").read_text())
+        assert run["method"] == method and run["base_models"]["slm"] == str(tiny_pair[1])
+        assert run["metrics"]["slm"] == runs[method]["slm"]
+        for adapter in adapters:
+            config = json.loads((folder / method / adapter / "adapter_config.json").read_text())
+            assert config["peft_type"] == "LORA"
+            assert (folder / method / adapter / "adapter_model.safetensors").is_file()
+    assert not (folder / "fedavg" / "llm").exists()  # FedAvg never trains the LLM
     table = capsys.readouterr().out
     assert all(name in table for name in BASELINES)
+    assert "±" in table and "SLM fedcollm > fedavg" in table
+
+
+def _stderr(out: Path, name: str, acc: float) -> float:
+    """The standard error of the SLM's per-row correctness (row means over clients)."""
+    folder = out / "predictions" / "ag_news" / name
+    files = sorted(folder.glob("slm-client*.jsonl")) or [folder / "slm.jsonl"]
+    per_file = [[json.loads(line)["correct"] for line in f.read_text().splitlines()] for f in files]
+    rows = [sum(values) / len(values) for values in zip(*per_file, strict=True)]
+    assert sum(rows) / len(rows) == pytest.approx(acc)
+    mean = sum(rows) / len(rows)
+    return (sum((r - mean) ** 2 for r in rows) / (len(rows) - 1) / len(rows)) ** 0.5

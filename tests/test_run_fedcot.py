@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from fedkt.config import build_config
 from fedkt.errors import ConfigError
 from fedkt.experiments import fedcot as harness
-from fedkt.federation.fedcot import FedCoTSpec
+from fedkt.federation.fedcot import FedCoTResult, FedCoTSpec
+from fedkt.report import write_jsonl
 
 
 def test_fedcot_section_parses_and_checks_its_values() -> None:
@@ -32,20 +32,28 @@ def test_fedcot_section_parses_and_checks_its_values() -> None:
         build_config({"fedcot": {"epss": [1.0]}})
 
 
-def _fake_outcome(spec: FedCoTSpec) -> dict[str, Any]:
+def _fake_run(spec: FedCoTSpec) -> FedCoTResult:
+    """What a simulation leaves: each client's per-row predictions on its disk, its privacy
+    numbers and scores. Better at higher eps, so the sweep has a shape."""
     eps = spec.settings.eps
     recovered = 1.0 if math.isinf(eps) else min(1.0, eps / 20)
-    return {
-        "llm": None,
-        "slm": {"acc": 0.25 + 0.01 * (0 if math.isinf(eps) else eps), "n": 4.0},
-        "privacy": {
-            "prompt_eps_mean": eps * 10,
-            "protected_recovered": recovered,
-            "all_recovered": recovered,
-            "gold_answer_leak_rate": 0.0,
-        },
-        "seconds": 1.0,
+    privacy = {
+        "prompt_eps_mean": eps * 10,
+        "protected_recovered": recovered,
+        "all_recovered": recovered,
+        "gold_answer_leak_rate": 0.0,
     }
+    right = len(spec.eval_data) if math.isinf(eps) else min(len(spec.eval_data), int(eps) // 3)
+    rows = [
+        {"id": ex.id, "gold": ex.gold, "pred": 0, "correct": int(i < right), "correct_norm": 0}
+        for i, ex in enumerate(spec.eval_data)
+    ]
+    for k in range(spec.num_clients):
+        write_jsonl(Path(str(spec.predictions_dir)) / f"slm-client{k}.jsonl", rows)
+    n = spec.num_clients
+    result = {"acc": right / len(rows), "n": float(len(rows))}
+    return FedCoTResult((privacy,) * n, (result,) * n, dict.fromkeys(range(n), 10),
+                        dict.fromkeys(range(n), 20), 1.0)  # fmt: skip
 
 
 def test_the_sweep_runs_each_point_once_and_writes_table_and_plot(
@@ -53,11 +61,11 @@ def test_the_sweep_runs_each_point_once_and_writes_table_and_plot(
 ) -> None:
     calls: list[tuple[str, float]] = []
 
-    def fake(spec: FedCoTSpec) -> dict[str, Any]:
+    def fake(spec: FedCoTSpec) -> FedCoTResult:
         calls.append((spec.settings.strategy, spec.settings.eps))
-        return _fake_outcome(spec)
+        return _fake_run(spec)
 
-    monkeypatch.setattr(harness, "_federated", fake)
+    monkeypatch.setattr(harness, "simulate_fedcot", fake)
     config = build_config(
         {
             "output_dir": str(tmp_path),
@@ -76,7 +84,14 @@ def test_the_sweep_runs_each_point_once_and_writes_table_and_plot(
     written = json.loads((tmp_path / "results.json").read_text())
     assert set(written["tasks"]["arc_easy"]["baselines"]) == set(baselines)
     rows = results["tasks"]["arc_easy"]["rows"]
-    assert rows == {"clients": [3, 3], "public": 3, "eval": 4}
+    assert rows == {"clients": [3, 3], "public": 3, "dev": 200, "eval": 4}
+    inf_point = baselines["fedcot-em@inf"]["slm"]
+    assert (inf_point["acc"], inf_point["acc_stderr"], inf_point["n"]) == (1.0, 0.0, 4)
+    low = baselines["fedcot-em@1"]["slm"]
+    assert low["acc"] == 0.0 and (tmp_path / "predictions/arc_easy/fedcot-em@1").is_dir()
+    tests = {t["claim"]: t for t in results["tasks"]["arc_easy"]["comparisons"]}
+    assert tests["SLM cot_upper_bound > fedcot-em@1"]["test"] == "mcnemar-exact"
+    assert tests["SLM cot_upper_bound > fedcot-em@1"]["p_value"] == pytest.approx(2 / 2**4)
     table = harness.privacy_table(results)
     assert "fedcot-em@10" in table and "inf" in table and "50.0" in table
     plot = harness.plot_fedcot(results, tmp_path / "results.png")

@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     finetune.set_defaults(handler=_finetune)
 
     run = commands.add_parser(
-        "run", help="FedCoLLM and its baselines on each task: table, results.json, plot"
+        "run",
+        help="an algorithm beside its baselines on each task: table, results.json, plot, "
+        "trained adapters",
     )
     run.add_argument("config", help="TOML config file ([federation], [fedcollm], [train], ...)")
     run.add_argument("--task", action="append", help="task name (repeatable)")
@@ -60,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--train-limit", type=int, help="use the first N train rows")
     run.add_argument("--output-dir", help="where results.json and results.png are written")
     run.add_argument("--data-dir", help="local data directory (default: $FEDKT_DATA_DIR)")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the output directory: skip finished methods, continue the "
+        "unfinished one from its last complete round (the config must be unchanged)",
+    )
     run.set_defaults(handler=_run)
 
     student = commands.add_parser(
@@ -73,6 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     student.add_argument("--data-dir", help="local data directory (default: $FEDKT_DATA_DIR)")
     student.add_argument("--force", action="store_true", help="rebuild even if cached")
     student.set_defaults(handler=_make_student)
+
+    export = commands.add_parser(
+        "export", help="merge a run's trained adapter into a plain transformers model folder"
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", help="<output_dir>/<task>/<method>/ of a run")
+    export.add_argument("--which", required=True, choices=["slm", "llm"], help="model to export")
+    export.add_argument("--client", help="partition id of a client's own SLM (no global SLM)")
+    export.add_argument("--out", required=True, help="new (or empty) folder to write")
+    export.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="weights' dtype on disk (the merge runs in float32)",
+    )  # fmt: skip
+    export.add_argument("--config", help="TOML config file (for the cache setting)")
+    # _config_from reads these; export takes none of them.
+    export.set_defaults(handler=_export, task=None, limit=None, data_dir=None, output_dir=None)
     return parser
 
 
@@ -149,19 +172,25 @@ def _finetune(config: FedktConfig, args: argparse.Namespace) -> int:
 
 def _run(config: FedktConfig, args: argparse.Namespace) -> int:
     _prepare_flower(config)
-    from fedkt.experiments import plot_results, results_table, run_experiment
+    from fedkt.experiments import (
+        comparisons_table,
+        plot_experiment,
+        results_table,
+        run_experiment,
+    )
 
-    results = run_experiment(config)
+    results = run_experiment(config, resume=args.resume)
     print(results_table(results))
-    path = Path(config.output_dir) / "results.png"
     if config.algorithm == "fedcot":
-        from fedkt.experiments.fedcot import plot_fedcot, privacy_table
+        from fedkt.experiments.fedcot import privacy_table
 
         print(privacy_table(results))
-        plot = plot_fedcot(results, path)
-    else:
-        plot = plot_results(results, path)
-    print(f"results: {config.output_dir}/results.json, plot: {plot}")
+    print(comparisons_table(results))
+    plot = plot_experiment(config, results, Path(config.output_dir) / "results.png")
+    print(
+        f"results: {config.output_dir}/results.json, per-row predictions: "
+        f"{config.output_dir}/predictions/, plot: {plot}"
+    )
     return 0
 
 
@@ -191,6 +220,24 @@ def _make_student(config: FedktConfig, args: argparse.Namespace) -> int:
         force=args.force,
     )
     print(f"student: {args.teacher}@layers={args.layers},healed=true -> {path}")
+    return 0
+
+
+def _export(config: FedktConfig, args: argparse.Namespace) -> int:
+    from fedkt.export import export_model
+
+    result = export_model(
+        args.run_dir,
+        args.which,
+        args.out,
+        client=args.client,
+        dtype=args.dtype,
+        cache_dir=config.cache_dir or None,
+    )
+    print(
+        f"exported: {result.out} ({result.size_bytes / 1e6:.1f} MB, {args.dtype}, "
+        f"{result.seconds:.1f} s; adapter {result.adapter} on {result.base_model})"
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 import types
 import typing
@@ -31,7 +32,9 @@ from typing import Any, Literal, TypeVar
 from fedkt.algorithms.fedcollm import Aggregation, FedCoLLMSettings
 from fedkt.algorithms.fedcot import FedCoTSettings
 from fedkt.data.cot import RATIONALE_STOP
-from fedkt.errors import ConfigError
+from fedkt.data.custom import CustomTask
+from fedkt.data.tasks import TASKS, TaskSpec, get_task
+from fedkt.errors import ConfigError, DataError
 from fedkt.generation import GenerationSettings
 from fedkt.models import LoraSettings
 from fedkt.training import TrainSettings
@@ -68,10 +71,18 @@ class DataConfig:
     Args:
         dir: local data directory laid out like ../shared/data; empty means $FEDKT_DATA_DIR,
             and when that is unset too, the Hugging Face hub.
-        tasks: task names (arc_easy, arc_challenge, openbookqa, commonsense_qa, gsm8k, ag_news).
-        split: split to evaluate on.
+        tasks: task names (arc_easy, arc_challenge, openbookqa, commonsense_qa, gsm8k, ag_news,
+            or a custom task defined in a [tasks.<name>] table).
+        split: split to evaluate on; ``dev`` (in `fedkt run`) scores on the dev rows, for
+            tuning learning rates, epsilon grids and other settings without touching
+            validation, which stays for reporting.
         limit: use only the first N rows of each split (0 = all).
-        train_limit: use only the first N training rows when fine-tuning (0 = all).
+        train_limit: use only the first N training rows (after the dev rows are taken out)
+            when fine-tuning or federating (0 = all).
+        dev_rows: `fedkt run` first carves this many rows, drawn at random with
+            ``dev_seed``, from the whole train split as the dev split: the same rows
+            whatever ``train_limit``, and never in a client's or the public part.
+        dev_seed: seed of the dev rows' draw.
     """
 
     dir: str = ""
@@ -79,12 +90,17 @@ class DataConfig:
     split: str = "validation"
     limit: int = 0
     train_limit: int = 0
+    dev_rows: int = 200
+    dev_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ConfigError("data.tasks is empty: name at least one task, e.g. ['arc_easy']")
-        if self.limit < 0 or self.train_limit < 0:
-            raise ConfigError("data.limit and data.train_limit must be >= 0 (0 means all rows)")
+        if self.limit < 0 or self.train_limit < 0 or self.dev_rows < 0:
+            raise ConfigError(
+                "data.limit, data.train_limit and data.dev_rows must be >= 0 (limits: 0 means "
+                "all rows)"
+            )
 
 
 @dataclass(frozen=True)
@@ -95,15 +111,20 @@ class EvalConfig:
         models: models to compare side by side; empty means just ``model.name``.
         batch_size: sequences per forward pass.
         max_new_tokens: generation budget for generative tasks (GSM8K).
+        margin: non-inferiority margin of paired comparisons, as a fraction of accuracy
+            (0.01: "not worse by more than 1 point").
     """
 
     models: tuple[str, ...] = ()
     batch_size: int = 16
     max_new_tokens: int = 256
+    margin: float = 0.01
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ConfigError("eval.batch_size and eval.max_new_tokens must be at least 1")
+        if not 0.0 <= self.margin < 1.0:
+            raise ConfigError(f"eval.margin = {self.margin} must be in [0, 1) (0.01 = 1 point)")
 
 
 @dataclass(frozen=True)
@@ -164,6 +185,8 @@ class FederationConfig:
         client_cpus: CPU cores each simulated client reserves (clients run side by side when
             the machine has room for several).
         client_gpus: share of a GPU each simulated client reserves (0: clients on CPU).
+        baseline_adapters: also save the baselines' trained adapters under
+            ``<output_dir>/<task>/<method>/`` (the algorithm's own are always saved).
     """
 
     llm: str = "smollm2-135m"
@@ -176,6 +199,7 @@ class FederationConfig:
     eval_every_round: bool = True
     client_cpus: int = 1
     client_gpus: float = 0.0
+    baseline_adapters: bool = True
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.client_cpus < 1 or self.client_gpus < 0 or self.alpha <= 0:
@@ -261,7 +285,9 @@ class FedktConfig:
     """The whole run: one of these per TOML file.
 
     ``algorithm`` picks what `fedkt run` runs: "fedcollm" (with [fedcollm]) or "fedcot"
-    (with [fedcot]); both take their parties from [federation].
+    (with [fedcot]); both take their parties from [federation]. ``tasks`` defines the user's
+    own tasks, one ``[tasks.<name>]`` table each (`fedkt.data.custom.CustomTask`), which
+    ``data.tasks`` then names like the built-in ones.
     """
 
     output_dir: str = "runs/default"
@@ -276,6 +302,33 @@ class FedktConfig:
     fedcollm: FedCoLLMConfig = field(default_factory=FedCoLLMConfig)
     fedcot: FedCoTConfig = field(default_factory=FedCoTConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    tasks: dict[str, CustomTask] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.tasks:
+            if name in TASKS:
+                raise ConfigError(
+                    f"[tasks.{name}] would shadow the built-in task {name!r}: give your task "
+                    f"another name, e.g. 'my_{name}'"
+                )
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ConfigError(
+                    f"[tasks.{name}]: a task name is letters, digits, _ . - (it names folders)"
+                )
+
+    def task_spec(self, name: str) -> TaskSpec:
+        """The task called `name`: a custom task of [tasks] first, else a built-in one."""
+        if name in self.tasks:
+            return self.tasks[name].spec(name)
+        if name in TASKS or not self.tasks:
+            return get_task(name)  # an unknown name: the error lists the built-in tasks
+        known = [*self.tasks, *TASKS]
+        close = difflib.get_close_matches(name.lower().replace("-", "_"), known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise DataError(
+            f"unknown task {name!r}; known tasks: {', '.join(known)} (define your own in a "
+            f"[tasks.{name}] table).{hint}"
+        )
 
 
 def load_config(path: str | Path) -> FedktConfig:
@@ -301,8 +354,9 @@ def with_overrides(config: T, **changes: Any) -> T:
     return dataclasses.replace(config, **kept)  # type: ignore[type-var]
 
 
-def _build(cls: type[T], raw: dict[str, Any], source: str, prefix: str) -> T:
-    """Recursively build dataclass `cls` from `raw`, refusing unknown keys and wrong types."""
+def _build(cls: type[T], raw: dict[str, Any], source: str, prefix: str, section: str = "") -> T:
+    """Recursively build dataclass `cls` from `raw`, refusing unknown keys and wrong types;
+    `section` starts its own range errors (a table in a dict names its key there)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: [{prefix.rstrip('.')}] must be a table")
     hints = typing.get_type_hints(cls)
@@ -315,7 +369,7 @@ def _build(cls: type[T], raw: dict[str, Any], source: str, prefix: str) -> T:
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from err
+        raise ConfigError(f"{source}: {section}{err}") from err
 
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
@@ -335,6 +389,12 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
         if value not in args:
             raise ConfigError(f"{source}: {key} = {value!r} must be one of {list(args)}")
         return value
+    if origin is dict:  # a TOML table of named entries, e.g. [tasks.<name>]
+        if not isinstance(value, dict):
+            raise _type_error(source, key, hint, value)
+        return {
+            name: _entry(args[1], item, source, f"{key}.{name}") for name, item in value.items()
+        }
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise _type_error(source, key, hint, value)
@@ -343,6 +403,13 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
             raise _type_error(source, key, hint, value)
         return tuple(_coerce(t, v, source, key) for t, v in zip(item_types, value, strict=True))
     return _coerce_scalar(hint, value, source, key)
+
+
+def _entry(hint: Any, value: Any, source: str, key: str) -> Any:
+    """One value of a dict-typed setting; a table's range errors name its key."""
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _build(hint, value, source, prefix=key + ".", section=f"[{key}] ")
+    return _coerce(hint, value, source, key)
 
 
 def _coerce_scalar(hint: Any, value: Any, source: str, key: str) -> Any:

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedkt.config import FedktConfig
 from fedkt.data import Example, load_examples, resolve_data_dir
 from fedkt.evaluation import CausalLM, evaluate
-from fedkt.models import add_lora, load_model_and_tokenizer
+from fedkt.models import add_lora, load_model_and_tokenizer, scoring_copy
 from fedkt.report import write_json
 from fedkt.training import train_answer_only
 
@@ -43,9 +44,10 @@ def load_for(config: FedktConfig, name: str) -> tuple[PreTrainedModel, PreTraine
 
 
 def task_examples(config: FedktConfig, task: str, split: str, limit: int) -> list[Example]:
-    """Rows of one task split as examples, honouring the data directory setting."""
+    """Rows of one task split as examples: a custom task of the config's [tasks] from its own
+    files, else a built-in one honouring the data directory setting."""
     data_dir = resolve_data_dir(config.data.dir or None)
-    return load_examples(task, split, data_dir, limit=limit or None)
+    return load_examples(config.task_spec(task), split, data_dir, limit=limit or None)
 
 
 def eval_sets(config: FedktConfig, tasks: Sequence[str]) -> dict[str, list[Example]]:
@@ -61,10 +63,11 @@ def score(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
 ) -> dict[str, float]:
-    """The task's metrics for one loaded model, plus the wall time they took."""
+    """The task's metrics (each with its standard error) for one loaded model, plus the wall
+    time they took; a LoRA model is scored exactly through `scoring_copy`."""
     start = time.perf_counter()
     scores = evaluate(
-        model,
+        scoring_copy(model) if isinstance(model, PeftModel) else model,
         tokenizer,
         examples,
         batch_size=config.eval.batch_size,

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from fedkt.data import split_dirichlet, split_fedcollm, split_iid
+from fedkt.data import split_dev, split_dirichlet, split_fedcollm, split_iid
 from fedkt.errors import ConfigError, DataError
 
 ITEMS = [f"row{i}" for i in range(103)]
@@ -71,3 +71,15 @@ def test_bad_sizes_and_alpha_are_refused() -> None:
         split_fedcollm(ITEMS, n_parts=1)
     with pytest.raises(ConfigError, match="alpha=0"):
         split_dirichlet(ITEMS, 2, alpha=0, label_of=label_of, seed=0)
+
+
+def test_dev_split_is_seeded_disjoint_and_keeps_the_rest_in_order() -> None:
+    items = list(range(100))
+    dev, rest = split_dev(items, 10, seed=3)
+    assert len(dev) == 10 and sorted(dev + rest) == items
+    assert rest == [i for i in items if i not in set(dev)]  # original order
+    assert split_dev(items, 10, seed=3) == (dev, rest)
+    assert split_dev(items, 10, seed=4)[0] != dev
+    assert split_dev(items, 0) == ([], items)
+    with pytest.raises(ConfigError, match=r"data\.dev_rows"):
+        split_dev(items, 100)

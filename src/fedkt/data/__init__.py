@@ -16,8 +16,9 @@ from fedkt.data.cot import (
     recovery_prompt,
     render_question,
 )
+from fedkt.data.custom import CustomTask
 from fedkt.data.example import TARGET_DELIMITER, Example
-from fedkt.data.partition import split_dirichlet, split_fedcollm, split_iid
+from fedkt.data.partition import split_dev, split_dirichlet, split_fedcollm, split_iid
 from fedkt.data.sources import DATA_DIR_ENV, load_examples, load_rows, resolve_data_dir
 from fedkt.data.tasks import TASKS, TaskSpec, get_task
 from fedkt.data.tokenization import encode_pair, tok_encode
@@ -28,6 +29,7 @@ __all__ = [
     "TARGET_DELIMITER",
     "TASKS",
     "WORKED_EXAMPLES",
+    "CustomTask",
     "Example",
     "TaskSpec",
     "WorkedExample",
@@ -42,6 +44,7 @@ __all__ = [
     "recovery_prompt",
     "render_question",
     "resolve_data_dir",
+    "split_dev",
     "split_dirichlet",
     "split_fedcollm",
     "split_iid",

@@ -98,7 +98,9 @@ def _spec(task: str | TaskSpec) -> TaskSpec:
 
 def _located_rows(spec: TaskSpec, split: str, data_dir: str | Path | None) -> list[Located]:
     root = resolve_data_dir(data_dir)
-    if root is None:
+    if spec.rows is not None:
+        located = spec.rows(split)
+    elif root is None:
         located = _hub_rows(spec, split)
     else:
         located = _read_jsonl(_existing_file(spec, split, root, explicit=data_dir is not None))

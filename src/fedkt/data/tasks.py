@@ -37,6 +37,10 @@ class TaskSpec:
     `to_example` leaves ``id`` empty for rows without an ``id`` field (GSM8K, AG News);
     `fedkt.data.load_examples` then gives them a positional id that is the same whether the
     rows came from the hub or from local files.
+
+    `rows`, when set, is where the rows come from instead of the hub or the data directory:
+    split name -> ``[(where, row), ...]``, ``where`` naming the file and line for error
+    messages (the user's own tasks, `fedkt.data.custom`).
     """
 
     name: str
@@ -45,6 +49,7 @@ class TaskSpec:
     kind: Literal["multiple_choice", "generative"]
     fields: tuple[str, ...]
     to_example: Callable[[dict[str, Any]], Example]
+    rows: Callable[[str], list[tuple[str, dict[str, Any]]]] | None = None
 
 
 # ---- typed field access: every check names the field, the loader adds where the row is ----

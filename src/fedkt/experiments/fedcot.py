@@ -19,22 +19,29 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedkt.config import FedktConfig
-from fedkt.data import Example
 from fedkt.data.cot import predict_example
-from fedkt.experiments.summary import headline, mean_scores
-from fedkt.experiments.task import partition
+from fedkt.experiments.harness import (
+    Claim,
+    Role,
+    Scoreboard,
+    TaskData,
+    method_dir,
+    run_methods,
+    save_adapter,
+)
+from fedkt.experiments.summary import band, errorbar, mean_scores
 from fedkt.federation.fedcot import FedCoTResult, FedCoTSpec, simulate_fedcot
-from fedkt.jobs import load_for, placement, score, task_examples
-from fedkt.models import adapter_state, add_lora, load_adapter_state, merged_copy
-from fedkt.report import format_table, write_json
-from fedkt.training import train_answer_only
+from fedkt.jobs import load_for, placement
+from fedkt.models import adapter_state, add_lora, load_adapter_state
+from fedkt.report import format_table, read_jsonl
+from fedkt.training import derive_seed, train_answer_only
 
 PRIVACY_COLUMNS = (
     "prompt_eps_mean",
@@ -44,40 +51,41 @@ PRIVACY_COLUMNS = (
 )
 
 
+CLAIMS_AGAINST = ("standalone", "zero_shot")
+"""Every federated FedCoT point is tested against these methods' SLM, and the non-private
+upper bound against each point (how much the privacy costs)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class FedCoTTask:
-    """One task's split: the clients' private parts, public text, evaluation rows."""
+    """One task's rows and scoreboard; the evaluation rows carry FedCoT's predict prefix (the
+    clients put it on themselves; the harness scores the zero-shot and standalone models on
+    the same prefixed rows)."""
 
     config: FedktConfig
-    task: str
-    clients: list[list[Example]]
-    public: list[Example]
-    eval_examples: list[Example]  # as loaded; clients put the predict prefix on themselves
-    scored: list[Example]  # the same rows with the predict prefix, for the harness's scoring
+    data: TaskData
+    board: Scoreboard
 
     @classmethod
-    def load(cls, config: FedktConfig, task: str) -> FedCoTTask:
-        train = task_examples(config, task, "train", config.data.train_limit)
-        clients, public = partition(train, config.federation)
-        evaluation = task_examples(config, task, config.data.split, config.data.limit)
-        scored = [predict_example(e) for e in evaluation]
-        return cls(config, task, clients, public, evaluation, scored)
+    def load(cls, config: FedktConfig, task: str, resume: bool = False) -> FedCoTTask:
+        data = TaskData.load(config, task)
+        scored = [predict_example(e) for e in data.evaluation]
+        return cls(config, data, Scoreboard(config, task, scored))
 
-    def evaluate(self, name: str) -> dict[str, float]:
-        model, tokenizer = load_for(self.config, name)
-        return score(self.config, model, tokenizer, self.scored)
+    def evaluate(self, name: str, role: Role) -> dict[str, float]:
+        return self.board.score(*load_for(self.config, name), "zero_shot", role)
 
-    def spec(self, strategy: str, eps: float) -> FedCoTSpec:
-        config, federation = self.config, self.config.federation
+    def spec(self, label: str, strategy: str, eps: float) -> FedCoTSpec:
+        config, federation, task = self.config, self.config.federation, self.data.task
         dtype, device = placement(config)
-        store = Path(config.output_dir) / "responses" / f"{self.task}-{strategy}-{eps:g}.jsonl"
+        store = Path(config.output_dir) / "responses" / f"{task}-{strategy}-{eps:g}.jsonl"
         return FedCoTSpec(
             llm=federation.llm,
             slm=federation.slm,
             decoder=config.fedcot.decoder,
-            client_data=tuple(tuple(part) for part in self.clients),
-            eval_data=tuple(self.eval_examples),
-            public_texts=tuple(e.question for e in self.public),
+            client_data=tuple(tuple(part) for part in self.data.clients),
+            eval_data=tuple(self.data.evaluation),
+            public_texts=tuple(e.question for e in self.data.public),
             settings=config.fedcot.settings(config.train, strategy, eps),
             lora=config.lora,
             dtype=dtype,
@@ -87,12 +95,22 @@ class FedCoTTask:
             eval_batch_size=config.eval.batch_size,
             eval_max_new_tokens=config.eval.max_new_tokens,
             response_store=str(store),
+            predictions_dir=str(self.board.directory / label),
+            artefacts_dir=str(self.method_dir(label)) if self.saves(label) else None,
         )
+
+    def method_dir(self, label: str) -> Path:
+        return method_dir(self.config, self.data.task, label)
+
+    def saves(self, label: str) -> bool:
+        """FedCoT's own adapters are always saved, the baselines' when configured."""
+        return label.startswith("fedcot-") or self.config.federation.baseline_adapters
 
 
 def zero_shot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
     federation = run.config.federation
-    yield "zero_shot", {"llm": run.evaluate(federation.llm), "slm": run.evaluate(federation.slm)}
+    llm = run.evaluate(federation.llm, "llm")
+    yield "zero_shot", {"llm": llm, "slm": run.evaluate(federation.slm, "slm")}
 
 
 def standalone(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -103,16 +121,19 @@ def standalone(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
     slm = add_lora(model, run.config.lora)
     fresh = adapter_state(slm)
     clients = []
-    for k, part in enumerate(run.clients):
+    for k, part in enumerate(run.data.clients):
         load_adapter_state(slm, fresh)
-        train = dataclasses.replace(run.config.train, seed=run.config.train.seed + k)
+        train = dataclasses.replace(run.config.train, seed=derive_seed(run.config.train.seed, k))
         train_answer_only(slm, tokenizer, [predict_example(e) for e in part], train)
-        clients.append(score(run.config, merged_copy(slm), tokenizer, run.scored))
-    yield "standalone", {"llm": None, "slm": mean_scores(clients), "clients": clients}
+        clients.append(run.board.score(slm, tokenizer, "standalone", "slm", client=k))
+        if run.saves("standalone"):
+            save_adapter(slm, run.method_dir("standalone") / "clients" / str(k) / "slm")
+    slm_scores = run.board.mean_of_clients("standalone", "slm", len(clients))
+    yield "standalone", {"llm": None, "slm": slm_scores, "clients": clients}
 
 
 def cot_upper_bound(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
-    yield "cot_upper_bound", _federated(run.spec("none", math.inf))
+    yield "cot_upper_bound", _federated(run, "cot_upper_bound", "none", math.inf)
 
 
 def fedcot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -123,10 +144,15 @@ def fedcot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
     for strategy in fedcot_config.strategies:
         for eps in fedcot_config.eps:
             label = f"fedcot-{strategy}@{eps:g}"
+            if label in run.board.finished:  # done before --resume
+                if math.isinf(eps) and unperturbed is None:
+                    unperturbed = (label, run.board.finished[label])
+                continue
             if math.isinf(eps) and unperturbed is not None:
+                run.board.alias(label, "slm", same_as=unperturbed[0])
                 yield label, {**unperturbed[1], "same_run_as": unperturbed[0]}
                 continue
-            outcome = _federated(run.spec(strategy, eps))
+            outcome = _federated(run, label, strategy, eps)
             if math.isinf(eps):
                 unperturbed = (label, outcome)
             yield label, outcome
@@ -140,37 +166,41 @@ BASELINES: dict[str, Callable[[FedCoTTask], Iterable[tuple[str, dict[str, Any]]]
 }
 
 
-def run_fedcot_experiment(config: FedktConfig) -> dict[str, Any]:
-    """Every FedCoT baseline on every task; writes results.json after each method."""
-    results: dict[str, Any] = {
-        "job": "run",
-        "algorithm": "fedcot",
-        "config": dataclasses.asdict(config),
-        "split": config.data.split,
-        "tasks": {},
-    }
-    path = Path(config.output_dir) / "results.json"
-    for task in config.data.tasks:
-        run = FedCoTTask.load(config, task)
-        rows = {"clients": [len(p) for p in run.clients], "public": len(run.public)}
-        entry: dict[str, Any] = {"rows": {**rows, "eval": len(run.eval_examples)}, "baselines": {}}
-        results["tasks"][task] = entry
-        for name in config.fedcot.baselines:
-            start = time.perf_counter()
-            for label, outcome in BASELINES[name](run):
-                seconds = outcome.get("seconds", time.perf_counter() - start)
-                entry["baselines"][label] = {**outcome, "seconds": round(seconds, 1)}
-                write_json(path, results)  # an interrupted run keeps what is done
-                start = time.perf_counter()
-    return results
+def claims(labels: Sequence[str]) -> list[Claim]:
+    """Each FedCoT point against the standalone and zero-shot SLM, and the non-private upper
+    bound against each point."""
+    points = [label for label in labels if label.startswith("fedcot-")]
+    out = [Claim("slm", point, other) for point in points for other in CLAIMS_AGAINST]
+    out += [Claim("slm", "cot_upper_bound", point) for point in points]
+    return [*out, Claim("slm", "cot_upper_bound", "standalone")]
 
 
-def _federated(spec: FedCoTSpec) -> dict[str, Any]:
+def run_fedcot_experiment(config: FedktConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Every FedCoT baseline on every task; writes results.json after each method, and each
+    method's adapters (one per client) and run.json under ``<output_dir>/<task>/<method>/``."""
+    return run_methods(
+        config,
+        "fedcot",
+        FedCoTTask.load,
+        BASELINES,
+        config.fedcot.baselines,
+        claims,
+        resume=resume,
+    )
+
+
+def _federated(run: FedCoTTask, label: str, strategy: str, eps: float) -> dict[str, Any]:
+    """One simulated FedCoT run; the clients write their per-row predictions, which the
+    scoreboard reads back (simulation: the harness shares the clients' disk)."""
     start = time.perf_counter()
+    spec = run.spec(label, strategy, eps)
     result = simulate_fedcot(spec)
+    for k in range(spec.num_clients):
+        rows = read_jsonl(Path(str(spec.predictions_dir)) / f"slm-client{k}.jsonl")
+        run.board.add(label, "slm", rows, client=k, write=False)
     return {
         "llm": None,
-        "slm": mean_scores(list(result.results)),
+        "slm": run.board.mean_of_clients(label, "slm", spec.num_clients),
         "clients": list(result.results),
         "privacy": mean_scores(list(result.privacy)),
         **_communication(result),
@@ -241,13 +271,8 @@ def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
         if not points:
             continue
         xs = list(range(len(points)))
-        ax.plot(
-            xs,
-            [100 * headline(o["slm"]) for _, o in points],
-            "o-",
-            color=color,
-            label=f"FedCoT-{strategy.upper()} SLM",
-        )
+        slm = [outcome["slm"] for _, outcome in points]
+        errorbar(ax, xs, slm, color=color, label=f"FedCoT-{strategy.upper()} SLM")
         recovered.plot(
             xs,
             [100 * o["privacy"]["protected_recovered"] for _, o in points],
@@ -261,14 +286,9 @@ def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
         if outcome is not None:
             for role, color in (("slm", "tab:gray"), ("llm", "tab:blue")):
                 if outcome.get(role) is not None:
-                    ax.axhline(
-                        100 * headline(outcome[role]),
-                        color=color,
-                        linestyle=style,
-                        linewidth=1,
-                        label=f"{name} {role.upper()}",
-                    )
-    ax.set(title=task, xlabel="epsilon per token", ylabel="accuracy (%)")
+                    label = f"{name} {role.upper()}"
+                    band(ax, outcome[role], color=color, linestyle=style, label=label)
+    ax.set(title=task, xlabel="epsilon per token", ylabel="accuracy (%), ±1 s.e.")
     recovered.set_ylabel("tokens recovered by inversion (%)")
     recovered.set_ylim(0, 105)
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.12, 1.0))

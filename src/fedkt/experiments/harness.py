@@ -1,49 +1,399 @@
-"""One harness for FedCoLLM and its baselines: same data split, same models, same evaluation.
+"""What every `fedkt run` shares, whatever the algorithm.
 
-For each task in ``data.tasks`` the train rows are cut once into the clients' private parts
-and the server's public part; every baseline in ``federation.baselines`` runs on that split
-and is scored on the same evaluation rows, so their numbers compare directly.
+- the task's rows: a dev split carved first from the train rows (for tuning), then the
+  clients' private parts and the server's public part, and the evaluation rows;
+- a `Scoreboard`: every model of every method scored on the same evaluation rows, each row's
+  prediction written under ``<output_dir>/predictions/<task>/<method>/``, every score with
+  its row count and standard error, and paired tests between methods on those rows;
+- the loop over tasks and methods that writes results.json after each method, so an
+  interrupted run keeps what it finished.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import logging
+import operator
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, TypeVar
 
-from fedkt.config import FedktConfig
-from fedkt.experiments.baselines import BASELINES
-from fedkt.experiments.task import TaskRun
-from fedkt.report import write_json
+import numpy as np
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase
+
+import fedkt
+from fedkt.config import FederationConfig, FedktConfig
+from fedkt.data import Example, split_dev, split_dirichlet, split_fedcollm, split_iid
+from fedkt.errors import ConfigError
+from fedkt.evaluation import CausalLM, evaluate_rows, mean_stderr, paired_test
+from fedkt.jobs import task_examples
+from fedkt.models import scoring_copy
+from fedkt.report import read_json, read_jsonl, to_strict_json, write_json, write_jsonl
+
+_LOG = logging.getLogger(__name__)
+
+Role = Literal["llm", "slm"]
+Scores = dict[str, float]
+Rows = list[dict[str, Any]]
+Outcome = dict[str, Any]
+
+DEV_SPLIT = "dev"
+"""``data.split = "dev"`` scores on the dev rows carved from train (for tuning)."""
+
+_METRIC_COLUMNS = {"acc": "correct", "acc_norm": "correct_norm", "exact_match": "correct"}
+"""Each metric and the per-row column it is the mean of."""
 
 
-def run_experiment(config: FedktConfig) -> dict[str, Any]:
-    """Every baseline of ``federation.baselines`` on every task; writes results.json.
+# ---- the rows -----------------------------------------------------------------------------
 
-    Returns ``{"tasks": {task: {"rows": ..., "baselines": {name: outcome}}}, ...}`` where each
-    outcome holds "llm" and "slm" scores (None where the method has no such model), its wall
-    time in "seconds", and what the method adds (see `fedkt.experiments.baselines`).
-    With ``algorithm = "fedcot"`` FedCoT's baselines run instead (`fedkt.experiments.fedcot`).
-    """
-    if config.algorithm == "fedcot":
-        from fedkt.experiments.fedcot import run_fedcot_experiment
 
-        return run_fedcot_experiment(config)
-    results: dict[str, Any] = {
-        "job": "run",
-        "config": dataclasses.asdict(config),
-        "split": config.data.split,
-        "tasks": {},
+def partition(
+    examples: Sequence[Example], federation: FederationConfig
+) -> tuple[list[list[Example]], list[Example]]:
+    """(client parts, public part). The public part is always FedCoLLM's: one of K + 1 equal
+    random parts; ``iid``/``dirichlet`` re-split the other K parts' rows among the clients
+    (``dirichlet`` skews the gold answer, i.e. the label of a classification task)."""
+    k, seed = federation.clients, federation.seed
+    parts, public = split_fedcollm(examples, n_parts=k + 1, seed=seed)
+    pool = [example for part in parts for example in part]
+    splits: dict[str, Callable[[], list[list[Example]]]] = {
+        "fedcollm": lambda: parts,
+        "iid": lambda: split_iid(pool, k, seed),
+        "dirichlet": lambda: split_dirichlet(
+            pool, k, federation.alpha, operator.attrgetter("gold"), seed
+        ),
     }
+    return splits[federation.partition](), public
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One task's rows: dev (tuning), the clients' parts, the public part, evaluation."""
+
+    task: str
+    dev: list[Example]
+    clients: list[list[Example]]
+    public: list[Example]
+    evaluation: list[Example]
+
+    @classmethod
+    def load(cls, config: FedktConfig, task: str) -> TaskData:
+        """Carve ``data.dev_rows`` dev rows from the whole train split (seeded), take the
+        first ``data.train_limit`` of the rest and split them; evaluate on ``data.split``
+        (``dev``: the dev rows), its first ``data.limit`` rows."""
+        data = config.data
+        train = task_examples(config, task, "train", 0)
+        dev, rest = split_dev(train, data.dev_rows, data.dev_seed)
+        clients, public = partition(rest[: data.train_limit or None], config.federation)
+        if data.split == DEV_SPLIT:
+            evaluation = dev[: data.limit or None]
+        else:
+            evaluation = task_examples(config, task, data.split, data.limit)
+        return cls(task, dev, clients, public, evaluation)
+
+    def row_counts(self) -> dict[str, Any]:
+        return {
+            "clients": [len(part) for part in self.clients],
+            "public": len(self.public),
+            "dev": len(self.dev),
+            "eval": len(self.evaluation),
+        }
+
+
+# ---- scores, predictions and paired tests -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A comparison of two methods' ``role`` model on the same rows.
+
+    ``non_inferior`` claims that ``a`` is at most the margin below ``b`` (e.g. "the LLM after
+    FedCoLLM keeps centralized accuracy"); otherwise that ``a`` beats ``b``.
+    """
+
+    role: Role
+    a: str
+    b: str
+    non_inferior: bool = False
+
+    def text(self, margin: float) -> str:
+        who = f"{self.role.upper()} {self.a}"
+        if self.non_inferior:
+            return f"{who} >= {self.b} - {100 * margin:g} pt"
+        return f"{who} > {self.b}"
+
+
+@dataclass
+class Scoreboard:
+    """Scores models on one task's evaluation rows and keeps every method's per-row results.
+
+    A method's rows are kept by (label, role, client); client None is the method's own
+    model, or the per-row mean over its clients (`mean_of_clients`). ``finished`` holds the
+    outcome of every method done so far, by label (the harness keeps it; a method that runs
+    several points skips those already there after ``--resume``).
+    """
+
+    config: FedktConfig
+    task: str
+    examples: Sequence[Example]
+    rows: dict[tuple[str, str, int | None], Rows] = field(default_factory=dict)
+    finished: dict[str, Outcome] = field(default_factory=dict)
+
+    def score(
+        self,
+        model: CausalLM,
+        tokenizer: PreTrainedTokenizerBase,
+        label: str,
+        role: Role,
+        client: int | None = None,
+    ) -> Scores:
+        """Score ``model`` (a LoRA model exactly, through `scoring_copy`) and keep its rows."""
+        start = time.perf_counter()
+        scored = scoring_copy(model) if isinstance(model, PeftModel) else model
+        result = evaluate_rows(
+            scored,
+            tokenizer,
+            self.examples,
+            batch_size=self.config.eval.batch_size,
+            max_new_tokens=self.config.eval.max_new_tokens,
+            progress=True,
+        )
+        self.add(label, role, result.rows, client)
+        return {**result.scores, "seconds": round(time.perf_counter() - start, 2)}
+
+    def add(
+        self,
+        label: str,
+        role: Role,
+        rows: Rows,
+        client: int | None = None,
+        *,
+        write: bool = True,
+    ) -> None:
+        """Keep ``rows`` and write them to ``predictions/<task>/<label>/<role>[-client<k>]``
+        (``write=False``: a client process wrote them there itself)."""
+        ids = [example.id for example in self.examples]
+        if [row["id"] for row in rows] != ids:
+            raise ValueError(f"{label} {role}: rows do not follow the evaluation rows' order")
+        self.rows[(label, role, client)] = rows
+        if write:
+            name = role if client is None else f"{role}-client{client}"
+            write_jsonl(self.directory / label / f"{name}.jsonl", rows)
+
+    def alias(self, label: str, role: Role, same_as: str) -> None:
+        """``label``'s ``role`` model is ``same_as``'s (e.g. FedAvg's untouched LLM)."""
+        self.add(label, role, self.rows[(same_as, role, None)])
+
+    def restore(self, label: str) -> None:
+        """Read back the rows ``label`` wrote (a method finished before ``--resume``)."""
+        for path in sorted((self.directory / label).glob("*.jsonl")):
+            role, _, client = path.stem.partition("-client")
+            key = (label, role, int(client) if client else None)
+            if key not in self.rows:
+                self.rows[key] = read_jsonl(path)
+
+    def mean_of_clients(self, label: str, role: Role, clients: int) -> Scores:
+        """Per-row mean over the clients' models, and each metric's mean and standard error
+        over those row means (every client scored the same rows)."""
+        per_client = [self.rows[(label, role, k)] for k in range(clients)]
+        rows = []
+        for i, first in enumerate(per_client[0]):
+            group = [client_rows[i] for client_rows in per_client]
+            means = {c: float(np.mean([row[c] for row in group])) for c in _columns(first)}
+            rows.append({"id": first["id"], **means})
+        self.add(label, role, rows)
+        return _metrics(rows)
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.config.output_dir) / "predictions" / self.task
+
+    def compare(self, claims: Iterable[Claim]) -> list[dict[str, Any]]:
+        """A paired test per claim whose two methods have been scored (others are skipped)."""
+        margin = self.config.eval.margin
+        out = []
+        for claim in claims:
+            a = self.rows.get((claim.a, claim.role, None))
+            b = self.rows.get((claim.b, claim.role, None))
+            if a is None or b is None:
+                continue
+            test = paired_test(_correct(a), _correct(b), margin=margin)
+            superior = test["significant"] and test["diff"] > 0
+            holds = test["non_inferior"] if claim.non_inferior else superior
+            claim_fields = {"claim": claim.text(margin), **dataclasses.asdict(claim)}
+            out.append({**claim_fields, **test, "holds": bool(holds)})
+        return out
+
+
+def _columns(row: Mapping[str, Any]) -> list[str]:
+    return [column for column in ("correct", "correct_norm") if column in row]
+
+
+def _correct(rows: Rows) -> list[float]:
+    return [float(row["correct"]) for row in rows]
+
+
+def _metrics(rows: Rows) -> Scores:
+    """Mean and standard error of each per-row column, named as the metric it is."""
+    is_generative = "correct_norm" not in rows[0]
+    names = ("exact_match",) if is_generative else ("acc", "acc_norm")
+    scores: Scores = {}
+    for name in names:
+        mean, stderr = mean_stderr([float(row[_METRIC_COLUMNS[name]]) for row in rows])
+        scores |= {name: mean, f"{name}_stderr": stderr}
+    return {**scores, "n": len(rows)}
+
+
+# ---- artefacts ----------------------------------------------------------------------------
+
+
+def method_dir(config: FedktConfig, task: str, label: str) -> Path:
+    """Where a method's trained models, checkpoint and run.json live."""
+    return Path(config.output_dir) / task / label
+
+
+def save_adapter(model: PeftModel, directory: Path) -> Path:
+    """``model``'s adapter in peft's own format (adapter_config.json and
+    adapter_model.safetensors: `PeftModel.from_pretrained` on the base model loads it), written
+    to a temporary folder and moved into place, so no reader sees half an adapter."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        model.save_pretrained(str(tmp))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def write_run_json(
+    config: FedktConfig, algorithm: str, task: TaskData, label: str, outcome: Outcome
+) -> Path:
+    """run.json beside a method's artefacts: what they are, how they were made, what they
+    scored (the base models are referenced by name, never copied)."""
+    federation = config.federation
+    body = {
+        "schema": 1,
+        "fedkt_version": fedkt.__version__,
+        "algorithm": algorithm,
+        "method": label,
+        "task": task.task,
+        "base_models": {"llm": federation.llm, "slm": federation.slm},
+        "dtype": config.model.dtype,
+        "rounds": config.fedcollm.rounds if algorithm == "fedcollm" else 1,
+        "data": {"split": config.data.split, "rows": task.row_counts()},
+        "metrics": {key: outcome.get(key) for key in ("llm", "slm", "clients")},
+        "privacy": outcome.get("privacy"),
+        "config_hash": config_hash(config),
+        "config": dataclasses.asdict(config),
+    }
+    return write_json(method_dir(config, task.task, label) / "run.json", body)
+
+
+def config_hash(config: FedktConfig) -> str:
+    """sha256 of the config's strict JSON: two runs with one hash ran the same settings."""
+    text = json.dumps(to_strict_json(dataclasses.asdict(config)), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---- the loop over tasks and methods ------------------------------------------------------
+
+
+class TaskRun(Protocol):
+    """What the loop needs of an algorithm's per-task state."""
+
+    @property
+    def data(self) -> TaskData: ...
+
+    @property
+    def board(self) -> Scoreboard: ...
+
+
+RunT = TypeVar("RunT", bound=TaskRun)
+Method = Callable[[RunT], Iterable[tuple[str, Outcome]]]
+
+
+def run_methods(
+    config: FedktConfig,
+    algorithm: str,
+    load: Callable[[FedktConfig, str, bool], RunT],
+    methods: Mapping[str, Method[RunT]],
+    names: Sequence[str],
+    claims: Callable[[Sequence[str]], Sequence[Claim]],
+    *,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run ``methods[name]`` for each name on each task; after each outcome, redo the paired
+    tests of ``claims(labels so far)``, write the method's run.json and rewrite results.json.
+
+    With ``resume`` a previous results.json of the same config is continued: its finished
+    methods are skipped (their per-row predictions are read back for the paired tests) and
+    the unfinished one continues from its checkpoint where it has one.
+    """
     path = Path(config.output_dir) / "results.json"
+    results = _previous(path, config, algorithm) if resume else None
+    if results is None:
+        results = {
+            "job": "run",
+            "algorithm": algorithm,
+            "config": dataclasses.asdict(config),
+            "split": config.data.split,
+            "tasks": {},
+        }
     for task in config.data.tasks:
-        run = TaskRun.load(config, task)
-        entry: dict[str, Any] = {"rows": run.row_counts(), "baselines": {}}
-        for name in config.federation.baselines:
+        run = load(config, task, resume)
+        empty = {"rows": run.data.row_counts(), "baselines": {}, "comparisons": []}
+        entry: dict[str, Any] = results["tasks"].setdefault(task, empty)
+        run.board.finished = entry["baselines"]
+        for label in entry["baselines"]:
+            run.board.restore(label)
+        for name in names:
+            if name in entry["baselines"]:
+                continue  # finished before --resume
             start = time.perf_counter()
-            outcome = BASELINES[name](run)
-            entry["baselines"][name] = {**outcome, "seconds": round(time.perf_counter() - start, 1)}
-            results["tasks"][task] = entry
-            write_json(path, results)  # after each method: an interrupted run keeps the rest
+            for label, outcome in methods[name](run):
+                seconds = outcome.pop("seconds", time.perf_counter() - start)
+                entry["baselines"][label] = {**outcome, "seconds": round(seconds, 1)}
+                entry["comparisons"] = run.board.compare(claims(list(entry["baselines"])))
+                write_run_json(config, algorithm, run.data, label, outcome)
+                write_json(path, results)  # an interrupted run keeps what is done
+                start = time.perf_counter()
     return results
+
+
+def _previous(path: Path, config: FedktConfig, algorithm: str) -> dict[str, Any] | None:
+    """The results.json to continue, or None (nothing to resume); refuses another config."""
+    if not path.is_file():
+        _LOG.info("--resume: no %s yet, starting from the beginning", path)
+        return None
+    previous = read_json(path)
+    now = to_strict_json(dataclasses.asdict(config))
+    changed = sorted(_differences(previous.get("config", {}), now))
+    if changed or previous.get("algorithm") != algorithm:
+        raise ConfigError(
+            f"--resume: {path} was written with another config (differs in "
+            f"{', '.join(changed) or 'algorithm'}); restore those settings, or use another "
+            "output_dir for the new config."
+        )
+    return previous
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON trees."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            key
+            for name in old.keys() | new.keys()
+            for key in _differences(old.get(name), new.get(name), f"{prefix}{name}.")
+        ]
+    return [] if old == new else [prefix.rstrip(".")]

@@ -1,21 +1,13 @@
-"""What a run shows: a task x baseline table of LLM and SLM scores, and a plot of FedCoLLM's
-rounds against the other methods as horizontal reference lines."""
+"""What a run shows, for every algorithm: a task x method table of LLM and SLM scores with
+their standard errors, a table of the paired tests between methods, and plot helpers that
+draw every score with its one-standard-error bar or band."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from fedkt.report import format_table
-
-_COLORS = {"llm": "tab:blue", "slm": "tab:orange"}
-_STYLES = {
-    "zero_shot": ":",
-    "standalone": (0, (3, 1, 1, 1, 1, 1)),
-    "fedavg": "--",
-    "centralized": "-.",
-}
 
 
 def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -25,57 +17,75 @@ def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     return {key: sum(row[key] for row in rows) / len(rows) for key in sorted(keys)}
 
 
+def headline_metric(scores: dict[str, float]) -> str:
+    """The metric a table reports: accuracy, or exact match for generative tasks."""
+    return "acc" if "acc" in scores else "exact_match"
+
+
 def headline(scores: dict[str, float]) -> float:
-    """The score a table reports: accuracy, or exact match for generative tasks."""
-    return scores["acc"] if "acc" in scores else scores["exact_match"]
+    return scores[headline_metric(scores)]
+
+
+def stderr(scores: dict[str, float]) -> float:
+    """The headline metric's standard error (0 where a score has none)."""
+    return float(scores.get(f"{headline_metric(scores)}_stderr", 0.0))
+
+
+def percent(scores: dict[str, float] | None) -> str:
+    """'53.0 ± 5.0' (headline ± one standard error, in points), '-' for no model."""
+    if scores is None:
+        return "-"
+    return f"{100 * headline(scores):.1f} ± {100 * stderr(scores):.1f}"
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """One line per task and baseline: LLM and SLM headline score in %, and wall time."""
+    """One line per task and method: LLM and SLM headline score ± s.e. in %, rows, time."""
     rows = [
         [
             task,
             name,
-            _percent(outcome["llm"]),
-            _percent(outcome["slm"]),
+            percent(outcome.get("llm")),
+            percent(outcome.get("slm")),
+            entry["rows"]["eval"],
             f"{outcome['seconds']:.0f}",
         ]
         for task, entry in results["tasks"].items()
         for name, outcome in entry["baselines"].items()
     ]
-    return format_table(["task", "baseline", "LLM acc", "SLM acc", "seconds"], rows)
+    header = ["task", "method", "LLM % ± s.e.", "SLM % ± s.e.", "n", "seconds"]
+    return format_table(header, rows)
 
 
-def plot_results(results: dict[str, Any], path: Path) -> Path:
-    """One panel per task: FedCoLLM's LLM and SLM score per round, the other baselines as
-    horizontal lines in the same colour (blue LLM, orange SLM)."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
-
-    tasks = results["tasks"]
-    figure = Figure(figsize=(6.5 * len(tasks), 4), layout="constrained")
-    axes = figure.subplots(1, len(tasks), squeeze=False)[0]
-    for ax, (task, entry) in zip(axes, tasks.items(), strict=True):
-        _panel(ax, task, entry["baselines"])
-    figure.savefig(path, dpi=120)
-    return path
-
-
-def _panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
-    curve = baselines.get("fedcollm", {}).get("curve", [])
-    for role, color in _COLORS.items():
-        for name, style in _STYLES.items():
-            scores = baselines.get(name, {}).get(role)
-            if scores is not None:
-                value, label = 100 * headline(scores), f"{name} {role.upper()}"
-                ax.axhline(value, color=color, linestyle=style, linewidth=1, label=label)
-        if curve:
-            rounds = [point["round"] for point in curve]
-            values = [100 * headline(point[role]) for point in curve]
-            ax.plot(rounds, values, "o-", color=color, label=f"fedcollm {role.upper()}")
-            ax.set_xticks(rounds)
-    ax.set(title=task, xlabel="FedCoLLM round", ylabel="accuracy (%)")
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+def comparisons_table(results: dict[str, Any]) -> str:
+    """One line per paired test: the claim, the difference with its 95% CI, p and verdict."""
+    rows = [
+        [
+            task,
+            test["claim"],
+            f"{100 * test['diff']:+.1f}",
+            f"[{100 * test['ci95'][0]:+.1f}, {100 * test['ci95'][1]:+.1f}]",
+            f"{test['p_value']:.3g}",
+            test["test"],
+            "holds" if test["holds"] else "not shown",
+        ]
+        for task, entry in results["tasks"].items()
+        for test in entry.get("comparisons", [])
+    ]
+    header = ["task", "claim (paired, same rows)", "diff pt", "95% CI", "p", "test", "verdict"]
+    return format_table(header, rows)
 
 
-def _percent(scores: dict[str, float] | None) -> str:
-    return "-" if scores is None else f"{100 * headline(scores):.1f}"
+def band(ax: Any, scores: dict[str, float], *, color: str, linestyle: Any, label: str) -> None:
+    """A horizontal line at the score and a shaded band of ± one standard error."""
+    value, error = 100 * headline(scores), 100 * stderr(scores)
+    ax.axhline(value, color=color, linestyle=linestyle, linewidth=1, label=label)
+    ax.axhspan(value - error, value + error, color=color, alpha=0.06, linewidth=0)
+
+
+def errorbar(
+    ax: Any, xs: Sequence[float], points: Sequence[dict[str, float]], *, color: str, label: str
+) -> None:
+    """Scores at ``xs`` joined by a line, each with a one-standard-error bar."""
+    ys = [100 * headline(p) for p in points]
+    errors = [100 * stderr(p) for p in points]
+    ax.errorbar(xs, ys, yerr=errors, fmt="o-", color=color, capsize=3, label=label)

