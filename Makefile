@@ -30,8 +30,8 @@ quickstart: $(STAMP)
 	$(BIN)/fedkt run configs/quickstart.toml
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 
 test: lint
