@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
@@ -33,7 +34,7 @@ from fedkt.experiments.harness import (
     run_methods,
     save_adapter,
 )
-from fedkt.experiments.summary import band, errorbar
+from fedkt.experiments.summary import band, errorbar, plot_tasks
 from fedkt.federation.fedcollm import FederationResult, FederationSpec, simulate_fedcollm
 from fedkt.jobs import load_for, placement
 from fedkt.models import adapter_state, add_lora, load_adapter_state
@@ -274,18 +275,10 @@ _STYLES = {
 }
 
 
-def plot_fedcollm(results: dict[str, Any], path: Any) -> Any:
+def plot_fedcollm(results: dict[str, Any], path: Path) -> Path:
     """One panel per task: FedCoLLM's LLM and SLM score per round with error bars (one
     standard error), the other methods as horizontal lines with a one-stderr band."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
-
-    tasks = results["tasks"]
-    figure = Figure(figsize=(6.5 * len(tasks), 4), layout="constrained")
-    axes = figure.subplots(1, len(tasks), squeeze=False)[0]
-    for ax, (task, entry) in zip(axes, tasks.items(), strict=True):
-        _panel(ax, task, entry["baselines"])
-    figure.savefig(path, dpi=120)
-    return path
+    return plot_tasks(results, path, _panel, size=(6.5, 4))
 
 
 def _panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ from fedkt.experiments.harness import (
     run_methods,
     save_adapter,
 )
-from fedkt.experiments.summary import band, errorbar, mean_scores
+from fedkt.experiments.summary import band, errorbar, mean_scores, plot_tasks
 from fedkt.federation.fedcot import FedCoTResult, FedCoTSpec, simulate_fedcot
 from fedkt.jobs import load_for, placement
 from fedkt.models import adapter_state, add_lora, load_adapter_state
@@ -249,15 +249,7 @@ def _cell(column: str, value: float | None) -> str:
 def plot_fedcot(results: dict[str, Any], path: Path) -> Path:
     """Per task: SLM accuracy against eps for each strategy (the other methods as horizontal
     lines), and on a second axis the share of tokens an inverting attacker recovers."""
-    from matplotlib.figure import Figure
-
-    tasks = results["tasks"]
-    figure = Figure(figsize=(7 * len(tasks), 4.2), layout="constrained")
-    axes = figure.subplots(1, len(tasks), squeeze=False)[0]
-    for ax, (task, entry) in zip(axes, tasks.items(), strict=True):
-        _eps_panel(ax, task, entry["baselines"])
-    figure.savefig(path, dpi=120)
-    return path
+    return plot_tasks(results, path, _eps_panel, size=(7, 4.2))
 
 
 def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:

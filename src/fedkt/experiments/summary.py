@@ -4,7 +4,8 @@ draw every score with its one-standard-error bar or band."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from fedkt.report import format_table
@@ -89,3 +90,22 @@ def errorbar(
     ys = [100 * headline(p) for p in points]
     errors = [100 * stderr(p) for p in points]
     ax.errorbar(xs, ys, yerr=errors, fmt="o-", color=color, capsize=3, label=label)
+
+
+Panel = Callable[[Any, str, dict[str, Any]], None]
+"""Draws one task's panel: ``panel(ax, task, baselines)``."""
+
+
+def plot_tasks(
+    results: dict[str, Any], path: Path, panel: Panel, size: tuple[float, float]
+) -> Path:
+    """One ``panel`` per task side by side (``size`` per panel), saved to ``path``."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+
+    tasks = results["tasks"]
+    figure = Figure(figsize=(size[0] * len(tasks), size[1]), layout="constrained")
+    axes = figure.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, (task, entry) in zip(axes, tasks.items(), strict=True):
+        panel(ax, task, entry["baselines"])
+    figure.savefig(path, dpi=120)
+    return path

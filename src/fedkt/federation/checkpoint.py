@@ -41,6 +41,7 @@ def write_checkpoint(path: Path, adapters: Adapters, state: dict[str, Any]) -> P
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
