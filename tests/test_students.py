@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from fedkt.errors import ModelError
-from fedkt.models import keep_first_layers, load_model
-from fedkt.students import HealSettings, distill, lens_student, make_student
+from fedkt.errors import ConfigError, ModelError
+from fedkt.models import keep_first_layers, load_model, resolve_cache_dir, student_dir
+from fedkt.students import HealSettings, _save_atomically, distill, lens_student, make_student
 
 TEXTS = [
     "Question: Which gas do plants absorb from the air?\nAnswer: carbon dioxide",
@@ -95,3 +97,99 @@ def test_make_student_caches_and_loads_by_name(
     assert (
         make_student(str(teacher_dir), settings, data_dir=shared_data_dir, cache_dir=cache) == path
     )
+
+
+# --- a damaged student in the cache ------------------------------------------------------------
+
+HEALED = "smollm2-135m@layers=1,healed=true"
+
+
+def _cache_student(
+    cache: Path, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, **manifest: object
+) -> Path:
+    """Save `model` cut to 1 layer as the healed 1-layer student of smollm2-135m, as
+    make_student does, without fitting anything."""
+    target = student_dir(cache, "smollm2-135m", 1)
+    settings = {**asdict(HealSettings(layers=1)), **manifest}
+    _save_atomically(keep_first_layers(model, 1), tokenizer, target, settings)
+    return target
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_student_manifest_records_each_file(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    path = _cache_student(resolve_cache_dir(), tiny_llama, tiny_tokenizer)
+    files = json.loads((path / "fedkt-student.json").read_text())["files"]
+    assert files["model.safetensors"]["size"] == (path / "model.safetensors").stat().st_size
+    assert len(files["model.safetensors"]["sha256"]) == 64
+
+
+def test_a_damaged_student_names_its_folder_and_the_command_that_rebuilds_it(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    path = _cache_student(resolve_cache_dir(), tiny_llama, tiny_tokenizer)
+    assert load_model(HEALED).config.num_hidden_layers == 1
+    _truncate(path / "model.safetensors")
+    with pytest.raises(
+        ModelError,
+        match=rf"the healed 1-layer student of 'smollm2-135m' in {re.escape(str(path))} is "
+        r"damaged \(model\.safetensors is \d+ bytes, expected \d+\): delete the folder "
+        rf"{re.escape(str(path))} and rebuild it with `fedkt make-student --teacher smollm2-135m "
+        r"--layers 1 --lens-tokens 40000`",
+    ):
+        load_model(HEALED)
+
+
+def test_the_rebuild_command_names_a_cache_that_is_not_the_default(
+    tmp_path: Path, tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    cache = tmp_path / "elsewhere"
+    path = _cache_student(cache, tiny_llama, tiny_tokenizer, kd_tokens=5000)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(
+        ModelError,
+        match=rf"model\.safetensors is missing.*`FEDKT_CACHE_DIR={re.escape(str(cache))} fedkt "
+        r"make-student --teacher smollm2-135m --layers 1 --lens-tokens 40000 --kd-tokens 5000`",
+    ):
+        load_model(HEALED, cache_dir=cache)
+
+
+def test_a_student_from_before_sizes_loads_and_gets_them_recorded(
+    tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    path = _cache_student(resolve_cache_dir(), tiny_llama, tiny_tokenizer)
+    manifest = path / "fedkt-student.json"
+    old = {k: v for k, v in json.loads(manifest.read_text()).items() if k != "files"}
+    manifest.write_text(json.dumps(old))
+    assert load_model(HEALED).config.num_hidden_layers == 1
+    assert "model.safetensors" in json.loads(manifest.read_text())["files"]
+
+
+def test_make_student_rebuilds_a_damaged_cache(
+    tmp_path: Path,
+    tiny_llama: LlamaForCausalLM,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    teacher_dir = tmp_path / "teacher"
+    tiny_llama.save_pretrained(teacher_dir)
+    tiny_tokenizer.save_pretrained(teacher_dir)
+    monkeypatch.setattr("fedkt.students.healing_texts", lambda data_dir, seed: TEXTS)
+    settings = HealSettings(layers=1, lens_tokens=500, batch_size=8)
+    cache = tmp_path / "cache"
+    path = make_student(str(teacher_dir), settings, data_dir=None, cache_dir=cache)
+    size = (path / "model.safetensors").stat().st_size
+    _truncate(path / "model.safetensors")
+    assert make_student(str(teacher_dir), settings, data_dir=None, cache_dir=cache) == path
+    assert (path / "model.safetensors").stat().st_size == size
+    assert load_model(f"{teacher_dir}@layers=1,healed=true", cache_dir=cache)
+
+
+@pytest.mark.parametrize("change", [{"layers": 0}, {"lens_tokens": 0}, {"batch_size": 0}])
+def test_heal_settings_are_range_checked(change: dict[str, int]) -> None:
+    with pytest.raises(ConfigError, match=f"{next(iter(change))}=0"):
+        HealSettings(**change)

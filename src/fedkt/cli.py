@@ -2,7 +2,9 @@
 
 Flags override the TOML config field by field, so ``fedkt eval --model X --task Y`` works without
 a file and ``fedkt eval --config c.toml --limit 50`` tweaks one. Every fedkt error is printed as
-one line (no traceback) and exits with status 2.
+one line (no traceback) and exits with status 2; any other exception is printed as one line
+with its traceback in the log file, status 1; Ctrl-C stops the command with status 130. What
+the terminal shows and what goes to ``<output_dir>/fedkt.log``: `fedkt.console`.
 """
 
 from __future__ import annotations
@@ -11,31 +13,103 @@ import argparse
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import fedkt
+from fedkt import console, preflight
 from fedkt.config import FedktConfig, load_config, with_overrides
 from fedkt.errors import FedktError
 from fedkt.report import format_table
+
+_LOG = logging.getLogger("fedkt.cli")  # also when run as `python -m fedkt.cli`
+
+EXIT_UNEXPECTED = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedkt`` console script."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    terminal = console.start(verbose=args.verbose)
+    lock: console.OutputLock | None = None
     try:
         config = _config_from(args)
+        if args.handler in (_eval, _finetune, _run):  # they write into the output directory
+            lock = console.OutputLock(config.output_dir).acquire()
+            terminal.attach(Path(config.output_dir) / console.LOG_NAME)
+        else:
+            terminal.attach(console.fallback_log_path(config.cache_dir or None))
         handler: Callable[[FedktConfig, argparse.Namespace], int] = args.handler
-        return handler(config, args)
-    except FedktError as err:
-        print(f"fedkt: error: {err}", file=sys.stderr)
-        return 2
+        code = handler(config, args)
+    except KeyboardInterrupt:
+        _LOG.debug("interrupted", exc_info=True)
+        print(f"fedkt: interrupted; kept what was finished (log: {terminal.log_path})",
+              file=sys.stderr)  # fmt: skip
+        code = EXIT_INTERRUPTED
+    except Exception as err:
+        known = _fedkt_error(err)
+        if known is not None:
+            _LOG.debug("fedkt error", exc_info=True)
+            print(f"fedkt: error: {known}", file=sys.stderr)
+            code = EXIT_ERROR
+        else:
+            path = terminal.log_traceback(err)
+            print(f"fedkt: unexpected error: {type(err).__name__}: {_first_line(err)} "
+                  f"(traceback in {path})", file=sys.stderr)  # fmt: skip
+            code = EXIT_UNEXPECTED
+    finally:
+        if lock is not None:
+            lock.release()
+        terminal.close()
+    if code == EXIT_INTERRUPTED and argv is None:
+        _leave_after_interrupt()
+    return code
+
+
+def _fedkt_error(err: BaseException) -> FedktError | None:
+    """``err`` or the FedktError it wraps (Flower wraps what its ServerApp raised)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, FedktError):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
+def _leave_after_interrupt(grace: float = 10.0) -> None:
+    """Give the threads a library left running a few seconds to end, then leave without them
+    (the interpreter would otherwise wait for them at exit, and Ctrl-C would seem ignored)."""
+    try:
+        deadline = time.monotonic() + grace
+        for thread in threading.enumerate():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not any(
+            t.is_alive() and not t.daemon and t is not threading.main_thread()
+            for t in threading.enumerate()
+        ):
+            return
+    except KeyboardInterrupt:
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedkt", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fedkt {fedkt.__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     evaluate = commands.add_parser("eval", help="zero-shot evaluation of one or more models")
@@ -96,6 +170,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--config", help="TOML config file (for the cache setting)")
     # _config_from reads these; export takes none of them.
     export.set_defaults(handler=_export, task=None, limit=None, data_dir=None, output_dir=None)
+    for command in (evaluate, finetune, run, student, export):
+        command.add_argument(
+            "--verbose",
+            action="store_true",
+            help="also show fedkt's debug lines and the libraries' output (Flower, Ray, "
+            "transformers); they always go to the log file",
+        )
     return parser
 
 
@@ -143,6 +224,7 @@ def _config_from(args: argparse.Namespace) -> FedktConfig:
 
 
 def _eval(config: FedktConfig, args: argparse.Namespace) -> int:
+    preflight.check_eval(config)  # before any model loads: names, data, output directory
     from fedkt.jobs import run_eval  # heavy imports (torch, transformers) only when needed
 
     results = run_eval(config)
@@ -157,6 +239,7 @@ def _eval(config: FedktConfig, args: argparse.Namespace) -> int:
 
 
 def _finetune(config: FedktConfig, args: argparse.Namespace) -> int:
+    preflight.check_finetune(config)
     from fedkt.jobs import run_finetune
 
     results = run_finetune(config)
@@ -171,6 +254,7 @@ def _finetune(config: FedktConfig, args: argparse.Namespace) -> int:
 
 
 def _run(config: FedktConfig, args: argparse.Namespace) -> int:
+    preflight.check_run(config)
     _prepare_flower(config)
     from fedkt.experiments import (
         comparisons_table,

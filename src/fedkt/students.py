@@ -37,8 +37,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedkt.data import load_examples
-from fedkt.errors import ModelError
+from fedkt.errors import ConfigError, ModelError
 from fedkt.models import keep_first_layers, load_model_and_tokenizer, student_dir
+from fedkt.models.integrity import FILES, describe_files, remember_verified
+from fedkt.models.student import STUDENT_MANIFEST, student_damage
 from fedkt.training import kd_loss
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,24 @@ class HealSettings:
     max_length: int = 128
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        checks = {
+            "layers": self.layers >= 1,
+            "lens_tokens": self.lens_tokens >= 1,
+            "ridge": self.ridge >= 0,
+            "kd_tokens": self.kd_tokens >= 0,
+            "kd_lr": self.kd_lr > 0,
+            "batch_size": self.batch_size >= 1,
+            "max_length": self.max_length >= 2,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise ConfigError(
+                f"student settings out of range: {values}. Need layers, lens_tokens, "
+                "batch_size >= 1; kd_tokens, ridge >= 0; kd_lr > 0; max_length >= 2"
+            )
+
 
 def make_student(
     teacher_name: str,
@@ -82,9 +102,12 @@ def make_student(
 ) -> Path:
     """Build (or find in the cache) the healed student of `teacher_name`; returns its folder."""
     target = student_dir(cache_dir, teacher_name, settings.layers)
-    if (target / "fedkt-student.json").is_file() and not force:
-        log.info("healed student found in cache: %s", target)
-        return target
+    if (target / STUDENT_MANIFEST).is_file() and not force:
+        damage = student_damage(target)
+        if damage is None:
+            log.info("healed student found in cache: %s", target)
+            return target
+        log.warning("the cached student at %s is damaged (%s); building it again", target, damage)
     teacher, tokenizer = load_model_and_tokenizer(teacher_name, cache_dir=cache_dir)
     texts = healing_texts(data_dir, settings.seed)
     start = time.perf_counter()
@@ -242,10 +265,12 @@ def _save_atomically(
     try:
         student.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "fedkt-student.json").write_text(json.dumps(manifest, indent=2))
+        files = describe_files(staging)
+        (staging / STUDENT_MANIFEST).write_text(json.dumps({**manifest, FILES: files}, indent=2))
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
+        remember_verified(target, files)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,21 @@ def test_hub_rows_are_checked_with_their_row_index(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(rows))
     with pytest.raises(DataError, match=r"hub fancyzhx/ag_news .* row 1: field 'label'"):
         load_examples("ag_news", "validation")
+
+
+@pytest.mark.parametrize("content", ["", "\n   \n\n"], ids=["zero bytes", "blank lines"])
+def test_an_empty_file_names_the_file_and_what_to_do(tmp_path: Path, content: str) -> None:
+    path = write_split(tmp_path, [], "validation")
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(
+        DataError,
+        match=rf"{re.escape(str(path))} holds no rows \(it is empty or only blank lines\): "
+        r"write one JSON object per line .*task arc_easy",
+    ):
+        load_examples("arc_easy", "validation", tmp_path)
+
+
+def test_a_slice_past_the_end_selects_no_rows(tmp_path: Path) -> None:
+    write_split(tmp_path, [with_fields(id="a"), with_fields(id="b")])
+    with pytest.raises(DataError, match=r"split 'train\[5:\]' of task arc_easy selects no rows.*2"):
+        load_examples("arc_easy", "train[5:]", tmp_path)

@@ -132,3 +132,8 @@ def test_batched_greedy_generation_equals_one_at_a_time(tiny_llama, tiny_tokeniz
 def test_exact_match_refuses_multiple_choice(tiny_llama, tiny_tokenizer):
     with pytest.raises(DataError, match="'mc' is not generative"):
         evaluate_exact_match(tiny_llama, tiny_tokenizer, [Example("mc", "Q:", ("a",), 0)])
+
+
+def test_evaluating_no_examples_says_so(canned_model, tiny_tokenizer):
+    with pytest.raises(DataError, match="no examples to evaluate"):
+        evaluate(canned_model, tiny_tokenizer, [])

@@ -64,7 +64,7 @@ def _leftovers(cache: Path, name: str = EMBEDDED) -> list[str]:
 def test_second_call_uses_the_cache(
     fake_gguf: Path, conversions: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=embedded.__name__)
+    caplog.set_level(logging.DEBUG, logger=embedded.__name__)
     first = embedded_model_dir(tmp_path / "cache")
     second = embedded_model_dir(tmp_path / "cache")
     assert first == second == tmp_path / "cache" / "models" / EMBEDDED
@@ -305,7 +305,7 @@ def test_installed_gemma_chunks_are_found() -> None:
 def test_real_embedded_model_converts_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger=embedded.__name__)
+    caplog.set_level(logging.DEBUG, logger=embedded.__name__)
     real_convert, calls = embedded.convert_gguf, []
 
     def counting(gguf: Path, out_dir: Path) -> None:
@@ -324,3 +324,96 @@ def test_real_embedded_model_converts_once(
     assert len(student.model.layers) == 8
     assert len(calls) == 1
     assert "using the cached conversion" in caplog.messages[-1]
+
+
+# --- a damaged conversion in the cache --------------------------------------------------------
+
+
+def _truncate(path: Path, keep: int | None = None) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 if keep is None else keep])
+
+
+def test_conversion_records_size_and_sha256_of_each_file(
+    fake_gguf: Path, conversions: list[Path], tmp_path: Path
+) -> None:
+    target = embedded_model_dir(tmp_path)
+    files = json.loads((target / embedded.MANIFEST).read_text())["files"]
+    weights = target / "model.safetensors"
+    assert files["model.safetensors"] == {
+        "size": weights.stat().st_size,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
+    assert {"config.json", "tokenizer.json"} <= set(files)
+    assert embedded.MANIFEST not in files
+
+
+def test_a_truncated_conversion_is_converted_again(
+    fake_gguf: Path, conversions: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=embedded.__name__)
+    load_model(EMBEDDED)
+    _truncate(resolve_cache_dir() / "models" / EMBEDDED / "model.safetensors")
+    model, _ = load_model_and_tokenizer(EMBEDDED, dtype="float32")
+    assert len(model.model.layers) == 2
+    assert len(conversions) == 2
+    assert any("model.safetensors is" in m and "converting it again" in m for m in caplog.messages)
+
+
+def test_changed_bytes_of_the_same_size_are_caught_by_the_hash(
+    fake_gguf: Path, conversions: list[Path], tmp_path: Path
+) -> None:
+    target = embedded_model_dir(tmp_path)
+    weights = target / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # inside the last tensor: the header still adds up
+    weights.write_bytes(bytes(data))
+    embedded_model_dir(tmp_path)
+    assert len(conversions) == 2
+
+
+def test_the_hash_is_computed_once_per_process(
+    fake_gguf: Path, conversions: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedkt.models import integrity
+
+    embedded_model_dir(tmp_path)
+    hashed: list[Path] = []
+    real = integrity.sha256_of
+    monkeypatch.setattr(integrity, "sha256_of", lambda path: hashed.append(path) or real(path))
+    monkeypatch.setattr(integrity, "_VERIFIED", set())  # as a fresh process
+    for _ in range(3):
+        embedded_model_dir(tmp_path)
+    assert sorted(p.name for p in hashed) == sorted(
+        json.loads((tmp_path / "models" / EMBEDDED / embedded.MANIFEST).read_text())["files"]
+    )
+    assert len(conversions) == 1
+
+
+def test_a_cache_from_before_sizes_loads_and_gets_them_recorded(
+    fake_gguf: Path, conversions: list[Path], tmp_path: Path
+) -> None:
+    target = embedded_model_dir(tmp_path)
+    manifest = target / embedded.MANIFEST
+    old = {k: v for k, v in json.loads(manifest.read_text()).items() if k != "files"}
+    manifest.write_text(json.dumps(old))
+    assert embedded_model_dir(tmp_path) == target
+    assert len(conversions) == 1
+    recorded = json.loads(manifest.read_text())
+    size = (target / "model.safetensors").stat().st_size
+    assert recorded["files"]["model.safetensors"]["size"] == size
+    assert {k: v for k, v in recorded.items() if k != "files"} == old
+
+
+def test_a_truncated_cache_from_before_sizes_is_converted_again(
+    fake_gguf: Path, conversions: list[Path], tmp_path: Path
+) -> None:
+    """No recorded size: the safetensors header, which states the data length, tells."""
+    target = embedded_model_dir(tmp_path)
+    manifest = target / embedded.MANIFEST
+    old = {k: v for k, v in json.loads(manifest.read_text()).items() if k != "files"}
+    manifest.write_text(json.dumps(old))
+    _truncate(target / "model.safetensors")
+    embedded_model_dir(tmp_path)
+    assert len(conversions) == 2
+    assert "files" in json.loads(manifest.read_text())

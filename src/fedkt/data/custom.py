@@ -361,7 +361,10 @@ def read_rows(path: Path, purpose: str = "") -> Located:
     else:
         raise DataError(f"{path}: cannot read {suffix or 'this'} files; use {'/'.join(FORMATS)}")
     if not located:
-        raise DataError(f"{path} holds no rows: it is empty (or only a header)")
+        raise DataError(
+            f"{path} holds no rows: it is empty (or only a header or blank lines); add rows"
+            f"{f' for {purpose}' if purpose else ''}, or point the task at another file"
+        )
     return located
 
 

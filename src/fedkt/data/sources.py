@@ -64,6 +64,11 @@ def load_examples(
     name, rows = split_slice(split)
     located = _located_rows(spec, name, data_dir)
     positions = range(len(located))[rows]
+    if not positions and located:
+        raise DataError(
+            f"split {split!r} of task {spec.name} selects no rows (the split has "
+            f"{len(located)}): choose a slice inside them, e.g. '{name}[:{len(located)}]'"
+        )
     examples: list[Example] = []
     for index in positions[:limit]:
         where, row = located[index]
@@ -103,7 +108,10 @@ def _located_rows(spec: TaskSpec, split: str, data_dir: str | Path | None) -> li
     elif root is None:
         located = _hub_rows(spec, split)
     else:
-        located = _read_jsonl(_existing_file(spec, split, root, explicit=data_dir is not None))
+        path = _existing_file(spec, split, root, explicit=data_dir is not None)
+        located = _read_jsonl(path)
+        if not located:
+            raise DataError(empty_file_message(spec, path))
     for where, row in located:
         missing = [field for field in spec.fields if field not in row]
         if missing:
@@ -112,6 +120,26 @@ def _located_rows(spec: TaskSpec, split: str, data_dir: str | Path | None) -> li
                 f"{', '.join(spec.fields)}; the row has {', '.join(row) or 'none'})"
             )
     return located
+
+
+def empty_file_message(spec: TaskSpec, path: Path) -> str:
+    """What to say about a local split file without a single row."""
+    return (
+        f"{path} holds no rows (it is empty or only blank lines): write one JSON object per "
+        f"line with the fields of task {spec.name} ({', '.join(spec.fields)}), or delete the "
+        f"file and point the data directory ({DATA_DIR_ENV} or data.dir) at a complete copy"
+    )
+
+
+def check_local_split(spec: TaskSpec, split: str, root: Path, *, explicit: bool) -> Path:
+    """The local file of `split` (a plain split name) of built-in task `spec` under `root`,
+    checked to exist and hold a row without reading past its first non-blank line; `explicit`:
+    the folder was given (data.dir, --data-dir), not taken from ``$FEDKT_DATA_DIR``."""
+    path = _existing_file(spec, split, root, explicit=explicit)
+    with path.open("rb") as lines:
+        if not any(line.strip() for line in lines):
+            raise DataError(empty_file_message(spec, path))
+    return path
 
 
 def _existing_file(spec: TaskSpec, split: str, root: Path, *, explicit: bool) -> Path:
@@ -172,4 +200,6 @@ def _hub_rows(spec: TaskSpec, split: str) -> list[Located]:
             f"{DATA_DIR_ENV} (or pass data_dir) to a folder holding "
             f"{local_path(spec, split, Path('<dir>'))}"
         ) from err
+    if not rows:
+        raise DataError(f"{name} on the Hugging Face Hub holds no rows: choose another split")
     return [(f"hub {name} row {index}", row) for index, row in enumerate(rows)]

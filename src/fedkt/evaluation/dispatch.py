@@ -44,6 +44,11 @@ def evaluate_rows(
     `max_new_tokens` only matters for generative tasks. Mixed kinds are refused: their metrics
     do not average.
     """
+    if not examples:
+        raise DataError(
+            "no examples to evaluate: the evaluation split has no rows (check the task's data "
+            "file, and data.limit / a split slice such as 'train[-200:]')"
+        )
     kinds = {example.is_generative for example in examples}
     if len(kinds) != 1:
         raise DataError(

@@ -30,6 +30,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 import fedkt
+from fedkt import console
 from fedkt.config import FederationConfig, FedktConfig
 from fedkt.data import Example, split_dev, split_dirichlet, split_fedcollm, split_iid
 from fedkt.errors import ConfigError
@@ -268,12 +269,20 @@ def save_adapter(model: PeftModel, directory: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         model.save_pretrained(str(tmp))
+        _shareable(tmp)
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _shareable(folder: Path) -> None:
+    """Results are meant to be read by others: temporary folders and files start private."""
+    folder.chmod(0o755)
+    for path in folder.iterdir():
+        path.chmod(0o644)
 
 
 def write_run_json(
@@ -361,14 +370,44 @@ def run_methods(
             if name in entry["baselines"]:
                 continue  # finished before --resume
             start = time.perf_counter()
-            for label, outcome in methods[name](run):
-                seconds = outcome.pop("seconds", time.perf_counter() - start)
-                entry["baselines"][label] = {**outcome, "seconds": round(seconds, 1)}
-                entry["comparisons"] = run.board.compare(claims(list(entry["baselines"])))
-                write_run_json(config, algorithm, run.data, label, outcome)
-                write_json(path, results)  # an interrupted run keeps what is done
-                start = time.perf_counter()
+            _LOG.info("[%s] %s: starting (%s)", task, name, _rows_text(run.data, config))
+            with console.scoped(f"[{task}] {name}"):  # round lines from the federation
+                for label, outcome in methods[name](run):
+                    seconds = outcome.pop("seconds", time.perf_counter() - start)
+                    entry["baselines"][label] = {**outcome, "seconds": round(seconds, 1)}
+                    entry["comparisons"] = run.board.compare(claims(list(entry["baselines"])))
+                    write_run_json(config, algorithm, run.data, label, outcome)
+                    write_json(path, results)  # an interrupted run keeps what is done
+                    _LOG.info("[%s] %s: %s, %.0f s", task, label, _headline(outcome), seconds)
+                    start = time.perf_counter()
     return results
+
+
+def _rows_text(data: TaskData, config: FedktConfig) -> str:
+    """The rows a task's methods work on, in words (for the progress lines)."""
+    counts = data.row_counts()
+    clients = counts["clients"]
+    sizes = f"{min(clients)}" if min(clients) == max(clients) else f"{min(clients)}-{max(clients)}"
+    return (
+        f"train rows: {len(clients)} clients x {sizes}, public {counts['public']}; "
+        f"scored on {counts['eval']} {config.data.split} rows"
+    )
+
+
+def _headline(outcome: Outcome) -> str:
+    """Each model's headline score and its standard error, in percent."""
+    parts = []
+    for role in ("llm", "slm"):
+        scores = outcome.get(role)
+        if not isinstance(scores, Mapping):
+            continue
+        metric = next((m for m in ("acc", "exact_match") if m in scores), None)
+        if metric is not None:
+            stderr = scores.get(f"{metric}_stderr", float("nan"))
+            parts.append(
+                f"{role.upper()} {metric} {100 * scores[metric]:.1f} ± {100 * stderr:.1f} %"
+            )
+    return ", ".join(parts) or "done"
 
 
 def _previous(path: Path, config: FedktConfig, algorithm: str) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from flwr.serverapp import Grid
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from fedkt import console
 from fedkt.algorithms.fedcollm import (
     Adapter,
     ClientUpdate,
@@ -289,11 +290,29 @@ def run_server(
         kept.append(None if after_round is None else after_round(t, models))
         if spec.checkpoint is not None:
             _write_checkpoint(Path(spec.checkpoint), models, records, kept)
+        _log_round(spec, t, time.perf_counter() - start)
     return FederationResult(
         slm_adapter=adapter_state(models.slm),
         llm_adapter=adapter_state(models.llm),
         rounds=tuple(records),
         after_round=tuple(kept),
+    )
+
+
+def _log_round(spec: FederationSpec, t: int, seconds: float) -> None:
+    """One progress line per round: what ran, on which rows, how long (with evaluation)."""
+    sizes = sorted(len(part) for part in spec.client_data)
+    rows = f"{sizes[0]}" if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]}"
+    distil = spec.settings.distil
+    _LOG.info(
+        "%s round %d/%d: %d clients x %s rows, %s, %.0f s",
+        console.scope() or ("FedCoLLM" if distil else "FedAvg"),
+        t + 1,
+        spec.settings.rounds,
+        spec.num_clients,
+        rows,
+        f"distil on {len(spec.public_data)} public rows" if distil else "no distillation",
+        seconds,
     )
 
 

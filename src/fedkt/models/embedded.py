@@ -25,12 +25,20 @@ from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from fedkt.errors import ModelError
+from fedkt.models.integrity import (
+    FILES,
+    describe_files,
+    find_damage,
+    record_files,
+    remember_verified,
+)
 from fedkt.models.names import EMBEDDED, EMBEDDED_MODELS, EmbeddedModel
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "fedkt-source.json"
-"""Written last into a converted checkpoint: which GGUF it came from (name, size, mtime)."""
+"""Written last into a converted checkpoint: which GGUF it came from (name, size, mtime) and,
+under ``files``, the size and sha256 of each file written (see `fedkt.models.integrity`)."""
 _ASSEMBLY = "source-gguf"
 """Subdirectory of a conversion's temporary directory where a multi-part GGUF is assembled."""
 
@@ -78,12 +86,12 @@ def embedded_model_dir(cache_dir: Path, name: str = EMBEDDED) -> Path:
     parts = locate_embedded_gguf(name)
     target = cache_dir / "models" / model.name
     source = _describe(model, parts)
-    if _read_manifest(target) == source:
-        logger.info("embedded model: using the cached conversion at %s", target)
+    if _is_whole(target, source, warn=True):
+        logger.debug("embedded model: using the cached conversion at %s", target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target.parent / f".{model.name}.lock")):
-        if _read_manifest(target) != source:
+        if not _is_whole(target, source, warn=False):  # another process may have converted it
             logger.info(
                 "embedded model: converting %s into %s (once, 20-60 s)", model.gguf_file, target
             )
@@ -124,10 +132,12 @@ def _convert_atomically(
         gguf = parts[0] if len(parts) == 1 else _assemble(model, parts, tmp / _ASSEMBLY)
         convert_gguf(gguf, tmp)
         shutil.rmtree(tmp / _ASSEMBLY, ignore_errors=True)  # hundreds of MB, not needed again
-        (tmp / MANIFEST).write_text(json.dumps(source, indent=2))
-        if target.exists():  # a stale conversion (the package was updated)
+        files = describe_files(tmp)
+        (tmp / MANIFEST).write_text(json.dumps({**source, FILES: files}, indent=2))
+        if target.exists():  # a stale or damaged conversion
             shutil.rmtree(target)
         tmp.rename(target)
+        remember_verified(target, files)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing left after a successful rename
 
@@ -168,9 +178,33 @@ def _stat(path: Path) -> dict[str, Any]:
     return {"file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def _is_whole(target: Path, source: dict[str, Any], *, warn: bool) -> bool:
+    """Whether `target` holds a finished conversion of `source` whose files are intact.
+
+    A damaged one (a file truncated, changed or unreadable) is converted again: it is
+    derivable. A manifest from before sizes were recorded gets them, once its safetensors
+    headers add up.
+    """
+    manifest = _read_manifest(target)
+    if manifest is None or {k: v for k, v in manifest.items() if k != FILES} != source:
+        return False
+    damage = find_damage(target, manifest.get(FILES))
+    if damage is not None:
+        if warn:
+            logger.warning(
+                "embedded model: the cached conversion at %s is damaged (%s); converting it again",
+                target,
+                damage,
+            )
+        return False
+    if FILES not in manifest:
+        record_files(target / MANIFEST, manifest)
+    return True
+
+
 def _read_manifest(target: Path) -> dict[str, Any] | None:
     try:
-        manifest: dict[str, Any] = json.loads((target / MANIFEST).read_text())
+        manifest = json.loads((target / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return manifest
+    return manifest if isinstance(manifest, dict) else None

@@ -22,7 +22,7 @@ from fedkt.errors import ModelError
 from fedkt.models.devices import pick_device, pick_dtype
 from fedkt.models.embedded import embedded_model_dir
 from fedkt.models.names import EMBEDDED_MODELS, ModelSpec, parse_model_name
-from fedkt.models.student import keep_first_layers, student_dir
+from fedkt.models.student import cached_student, keep_first_layers
 
 
 def resolve_cache_dir(explicit: str | Path | None = None) -> Path:
@@ -109,15 +109,9 @@ def _embedded_names() -> str:
 
 
 def _healed_student(spec: ModelSpec, cache_dir: Path) -> Path:
-    """The student ``fedkt make-student`` cached; never built implicitly (it takes minutes)."""
+    """The student ``fedkt make-student`` cached, checked whole; never built implicitly."""
     assert spec.layers is not None  # parse_model_name guarantees it for healed names
-    path = student_dir(cache_dir, spec.base, spec.layers)
-    if not (path / "config.json").is_file():
-        raise ModelError(
-            f"no healed {spec.layers}-layer student of {spec.base!r} in {cache_dir}: build it once "
-            f"with `fedkt make-student --teacher {spec.base} --layers {spec.layers}`"
-        )
-    return path
+    return cached_student(cache_dir, spec.base, spec.layers)
 
 
 @contextmanager
