@@ -5,9 +5,16 @@ with a `TextPerturber` ("em" or "aem" at a budget eps), sends only `PerturbedTex
 keeps the `PrivacyRecord`s and ids for its report and the audit (`inversion_recovery`,
 `answer_leak_rate`). Privacy semantics are in the docstrings of `mechanisms` (EM, Δu = 2, why
 AEM's data-dependent split stays eps_total-DP), `candidates` (what is revealed) and `perturb`
-(what eps means per strategy).
+(what eps means per strategy). DP-SGD accounting (FDKT's generator) is in `accounting`:
+`noise_for_target` and `epsilon_spent` over opacus's RDP accountant.
 """
 
+from fedkt.privacy.accounting import (
+    check_target,
+    epsilon_spent,
+    noise_for_target,
+    poisson_schedule,
+)
 from fedkt.privacy.audit import answer_leak_rate, inversion_recovery, map_inversion
 from fedkt.privacy.candidates import CandidateSet, PerturbationKit, build_kit
 from fedkt.privacy.importance import public_importance
@@ -43,9 +50,13 @@ __all__ = [
     "answer_leak_rate",
     "build_kit",
     "check_eps",
+    "check_target",
     "em_probabilities",
+    "epsilon_spent",
     "inversion_recovery",
     "map_inversion",
+    "noise_for_target",
+    "poisson_schedule",
     "privacy_summary",
     "public_importance",
     "sample_em",

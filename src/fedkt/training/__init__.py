@@ -1,12 +1,15 @@
 """fedkt.training: answer-only batches, CE and KD losses, and the (multi-task) fine-tuning loop."""
 
 from fedkt.training.batching import IGNORE_INDEX, collate, encode_answer_only
+from fedkt.training.dp_generator import DPReport, DPSettings, train_generator_dp
 from fedkt.training.loop import TrainReport, TrainSettings, train_answer_only, train_multitask
 from fedkt.training.losses import answer_cross_entropy, answer_positions, kd_loss
 from fedkt.training.seeds import derive_seed
 
 __all__ = [
     "IGNORE_INDEX",
+    "DPReport",
+    "DPSettings",
     "TrainReport",
     "TrainSettings",
     "answer_cross_entropy",
@@ -16,5 +19,6 @@ __all__ = [
     "encode_answer_only",
     "kd_loss",
     "train_answer_only",
+    "train_generator_dp",
     "train_multitask",
 ]
