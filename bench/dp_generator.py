@@ -83,6 +83,8 @@ def main() -> None:
                 "threads": args.threads,
                 "projection": f"seconds_per_step * round({ROWS_PER_CLIENT} / expected_batch)",
                 "budget": "2 CPU cores shared with other jobs: wall times are indicative",
+                "standard_error": "not applicable: timings and memory of one run per setup, "
+                "no accuracy; the loss columns are single runs",
             },
             "setups": rows,
         },
