@@ -269,6 +269,10 @@ def _run(config: FedktConfig, args: argparse.Namespace) -> int:
         from fedkt.experiments.fedcot import privacy_table
 
         print(privacy_table(results))
+    elif config.algorithm == "fdkt":
+        from fedkt.experiments.fdkt import privacy_table as fdkt_privacy
+
+        print(fdkt_privacy(results))
     print(comparisons_table(results))
     plot = plot_experiment(config, results, Path(config.output_dir) / "results.png")
     print(

@@ -29,15 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from fedkt.algorithms.fdkt import FDKTSettings
 from fedkt.algorithms.fedcollm import Aggregation, FedCoLLMSettings
 from fedkt.algorithms.fedcot import FedCoTSettings
 from fedkt.data.cot import RATIONALE_STOP
+from fedkt.data.curation import CurationSettings
 from fedkt.data.custom import CustomTask
 from fedkt.data.tasks import TASKS, TaskSpec, get_task
 from fedkt.errors import ConfigError, DataError
 from fedkt.generation import GenerationSettings
+from fedkt.generation.synthesis import SynthesisSettings
 from fedkt.models import LoraSettings
 from fedkt.training import TrainSettings
+from fedkt.training.dp_generator import DPSettings
 
 T = TypeVar("T")
 
@@ -280,19 +284,117 @@ class FedCoTConfig:
         )
 
 
+FDKTBaseline = Literal["zero_shot", "local_only", "dp_synthetic_only", "fdkt"]
+FDKT_BASELINES: tuple[FDKTBaseline, ...] = typing.get_args(FDKTBaseline)
+"""What `fedkt run` compares for FDKT: both models zero-shot, each client's SLM on its private
+rows only, private + curated DP synthetic samples (no LLM), and FDKT at every epsilon."""
+
+
+@dataclass(frozen=True)
+class FDKTConfig:
+    """FDKT's settings (see `fedkt.algorithms.fdkt.FDKTSettings` for their meaning).
+
+    The clients' SLM, the server LLM, the number of clients and the partition come from
+    [federation]; the SLM's training from [train] and both adapters from [lora].
+
+    Args:
+        generator: the clients' generator base, DP-trained with LoRA ("": the SLM).
+        embedder: the server's sentence embedder.
+        eps: privacy budgets of the generator to compare (``inf``: no noise).
+        delta: DP delta; must be below 1/N for a client's N private rows.
+        synthetic_only_eps: the budget of the ``dp_synthetic_only`` baseline.
+        baselines: methods to run, in this order.
+        dp_epochs, dp_batch_size, dp_lr, dp_max_grad_norm, dp_max_length: DP-SGD of the
+            generator (expected Poisson batch, Adam, per-row clipping norm, tokens per row).
+        per_label: synthetic texts per label and client.
+        synthesis_tokens, min_words, max_words: sampling length and the kept texts' words.
+        n_prompts, demos_per_label, new_per_label: the server's augmentation prompts.
+        augment_tokens, augment_temperature: the LLM's decoding.
+        label_field, domain: the label prefix's field ("Topic") and the instruction's domain.
+        seed: seeds the noise, sampling and prompts (offset per client).
+    """
+
+    generator: str = ""
+    embedder: str = "all-minilm-l6-v2"
+    eps: tuple[float, ...] = (1.0, 3.0, 8.0, float("inf"))
+    delta: float = 1e-5
+    synthetic_only_eps: float = 3.0
+    baselines: tuple[FDKTBaseline, ...] = FDKT_BASELINES
+    dp_epochs: int = 1
+    dp_batch_size: int = 8
+    dp_lr: float = 5e-4
+    dp_max_grad_norm: float = 1.0
+    dp_max_length: int = 128
+    per_label: int = 20
+    synthesis_tokens: int = 64
+    min_words: int = 5
+    max_words: int = 200
+    n_prompts: int = 8
+    demos_per_label: int = 2
+    new_per_label: int = 5
+    augment_tokens: int = 256
+    augment_temperature: float = 0.7
+    label_field: str = "Label"
+    domain: str = ""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.eps or not self.baselines or len(set(self.baselines)) != len(self.baselines):
+            raise ConfigError(
+                f"fdkt.eps and fdkt.baselines need at least one entry, each baseline once "
+                f"(one of {list(FDKT_BASELINES)})"
+            )
+        for eps in (*self.eps, self.synthetic_only_eps):
+            self.settings(TrainSettings(), eps)  # eps <= 0 and the protocol's ranges fail here
+
+    def settings(self, train: TrainSettings, eps: float, use_llm: bool = True) -> FDKTSettings:
+        """The protocol settings of one eps point (without the LLM: no prompts)."""
+        return FDKTSettings(
+            dp=DPSettings(
+                target_epsilon=eps,
+                delta=self.delta,
+                epochs=self.dp_epochs,
+                batch_size=self.dp_batch_size,
+                lr=self.dp_lr,
+                max_grad_norm=self.dp_max_grad_norm,
+                max_length=self.dp_max_length,
+            ),
+            per_label=self.per_label,
+            synthesis=SynthesisSettings(
+                max_new_tokens=self.synthesis_tokens,
+                min_words=self.min_words,
+                max_words=self.max_words,
+            ),
+            curation=CurationSettings(seed=self.seed),
+            n_prompts=self.n_prompts if use_llm else 0,
+            demos_per_label=self.demos_per_label,
+            new_per_label=self.new_per_label,
+            augmentation=GenerationSettings(
+                max_new_tokens=self.augment_tokens,
+                temperature=self.augment_temperature,
+                top_p=0.9,
+                seed=self.seed,
+            ),
+            label_field=self.label_field,
+            domain=self.domain,
+            train=train,
+            seed=self.seed,
+        )
+
+
 @dataclass(frozen=True)
 class FedktConfig:
     """The whole run: one of these per TOML file.
 
-    ``algorithm`` picks what `fedkt run` runs: "fedcollm" (with [fedcollm]) or "fedcot"
-    (with [fedcot]); both take their parties from [federation]. ``tasks`` defines the user's
-    own tasks, one ``[tasks.<name>]`` table each (`fedkt.data.custom.CustomTask`), which
-    ``data.tasks`` then names like the built-in ones.
+    ``algorithm`` picks what `fedkt run` runs: "fedcollm" (with [fedcollm]), "fedcot"
+    (with [fedcot]) or "fdkt" (with [fdkt]); all take their parties from [federation].
+    ``tasks`` defines the user's own tasks, one ``[tasks.<name>]`` table each
+    (`fedkt.data.custom.CustomTask`), which ``data.tasks`` then names like the built-in ones.
     """
 
     output_dir: str = "runs/default"
     cache_dir: str = ""
-    algorithm: Literal["fedcollm", "fedcot"] = "fedcollm"
+    algorithm: Literal["fedcollm", "fedcot", "fdkt"] = "fedcollm"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -301,6 +403,7 @@ class FedktConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     fedcollm: FedCoLLMConfig = field(default_factory=FedCoLLMConfig)
     fedcot: FedCoTConfig = field(default_factory=FedCoTConfig)
+    fdkt: FDKTConfig = field(default_factory=FDKTConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     tasks: dict[str, CustomTask] = field(default_factory=dict)
 

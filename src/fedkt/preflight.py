@@ -52,6 +52,12 @@ def check_run(config: FedktConfig) -> None:
     models = [federation.llm, federation.slm]
     if config.algorithm == "fedcot":
         models.append(config.fedcot.decoder)
+    if config.algorithm == "fdkt":
+        from fedkt.models.embeddings import resolve_embedder
+
+        resolve_embedder(config.fdkt.embedder)  # the embedded one: its package is installed
+        if config.fdkt.generator:
+            models.append(config.fdkt.generator)
     _check(config, splits, models)
     if config.algorithm == "fedcollm" and "fedcollm" in federation.baselines:
         check_shared_vocabulary(

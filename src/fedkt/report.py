@@ -131,7 +131,7 @@ def _atomic_writer(path: Path) -> Iterator[IO[str]]:
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A left-aligned text table (callers format their numbers)."""
     cells = [[str(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    widths = [max([len(str(h)), *(len(r[i]) for r in cells)]) for i, h in enumerate(header)]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]

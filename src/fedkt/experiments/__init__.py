@@ -2,7 +2,7 @@
 
 `harness` holds what every algorithm shares (the rows with their dev split, the scoreboard of
 per-row predictions, standard errors and paired tests, the loop writing results.json);
-`fedcollm` and `fedcot` hold each algorithm's methods and plot; `summary` the tables.
+`fedcollm`, `fedcot` and `fdkt` hold each algorithm's methods and plot; `summary` the tables.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ def run_experiment(config: FedktConfig, *, resume: bool = False) -> dict[str, An
         from fedkt.experiments.fedcot import run_fedcot_experiment
 
         return run_fedcot_experiment(config, resume=resume)
+    if config.algorithm == "fdkt":
+        from fedkt.experiments.fdkt import run_fdkt_experiment
+
+        return run_fdkt_experiment(config, resume=resume)
     from fedkt.experiments.fedcollm import run_fedcollm_experiment
 
     return run_fedcollm_experiment(config, resume=resume)
@@ -33,6 +37,8 @@ def plot_experiment(config: FedktConfig, results: dict[str, Any], path: Path) ->
     plot: Callable[[dict[str, Any], Path], Path]
     if config.algorithm == "fedcot":
         from fedkt.experiments.fedcot import plot_fedcot as plot
+    elif config.algorithm == "fdkt":
+        from fedkt.experiments.fdkt import plot_fdkt as plot
     else:
         from fedkt.experiments.fedcollm import plot_fedcollm as plot
     return plot(results, path)

@@ -29,12 +29,12 @@ from fedkt.config import FedktConfig
 from fedkt.data.cot import predict_example
 from fedkt.experiments.harness import (
     Claim,
-    Role,
+    ClientModelsTask,
     Scoreboard,
     TaskData,
-    method_dir,
     run_methods,
     save_adapter,
+    zero_shot_both,
 )
 from fedkt.experiments.summary import band, errorbar, mean_scores, plot_tasks
 from fedkt.federation.fedcot import FedCoTResult, FedCoTSpec, simulate_fedcot
@@ -57,23 +57,18 @@ upper bound against each point (how much the privacy costs)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class FedCoTTask:
+class FedCoTTask(ClientModelsTask):
     """One task's rows and scoreboard; the evaluation rows carry FedCoT's predict prefix (the
     clients put it on themselves; the harness scores the zero-shot and standalone models on
     the same prefixed rows)."""
 
-    config: FedktConfig
-    data: TaskData
-    board: Scoreboard
+    OWN_PREFIX = "fedcot-"
 
     @classmethod
     def load(cls, config: FedktConfig, task: str, resume: bool = False) -> FedCoTTask:
         data = TaskData.load(config, task)
         scored = [predict_example(e) for e in data.evaluation]
         return cls(config, data, Scoreboard(config, task, scored))
-
-    def evaluate(self, name: str, role: Role) -> dict[str, float]:
-        return self.board.score(*load_for(self.config, name), "zero_shot", role)
 
     def spec(self, label: str, strategy: str, eps: float) -> FedCoTSpec:
         config, federation, task = self.config, self.config.federation, self.data.task
@@ -99,18 +94,8 @@ class FedCoTTask:
             artefacts_dir=str(self.method_dir(label)) if self.saves(label) else None,
         )
 
-    def method_dir(self, label: str) -> Path:
-        return method_dir(self.config, self.data.task, label)
 
-    def saves(self, label: str) -> bool:
-        """FedCoT's own adapters are always saved, the baselines' when configured."""
-        return label.startswith("fedcot-") or self.config.federation.baseline_adapters
-
-
-def zero_shot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
-    federation = run.config.federation
-    llm = run.evaluate(federation.llm, "llm")
-    yield "zero_shot", {"llm": llm, "slm": run.evaluate(federation.slm, "slm")}
+zero_shot = zero_shot_both
 
 
 def standalone(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -20,10 +20,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import numpy as np
 from peft import PeftModel
@@ -35,7 +35,7 @@ from fedkt.config import FederationConfig, FedktConfig
 from fedkt.data import Example, split_dev, split_dirichlet, split_fedcollm, split_iid
 from fedkt.errors import ConfigError
 from fedkt.evaluation import CausalLM, evaluate_rows, mean_stderr, paired_test
-from fedkt.jobs import task_examples
+from fedkt.jobs import load_for, task_examples
 from fedkt.models import scoring_copy
 from fedkt.report import read_json, read_jsonl, to_strict_json, write_json, write_jsonl
 
@@ -316,6 +316,37 @@ def config_hash(config: FedktConfig) -> str:
 
 
 # ---- the loop over tasks and methods ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientModelsTask:
+    """Per-task state of an algorithm whose clients end with their own models (FedCoT, FDKT):
+    the rows, the scoreboard, and where each method's artefacts go."""
+
+    config: FedktConfig
+    data: TaskData
+    board: Scoreboard
+
+    OWN_PREFIX: ClassVar[str] = ""
+    """Labels of the algorithm's own methods start with this; their adapters are always
+    saved, the baselines' when ``federation.baseline_adapters``."""
+
+    def evaluate(self, name: str, role: Role) -> Scores:
+        """Zero-shot score of model ``name`` as ``role``."""
+        return self.board.score(*load_for(self.config, name), "zero_shot", role)
+
+    def method_dir(self, label: str) -> Path:
+        return method_dir(self.config, self.data.task, label)
+
+    def saves(self, label: str) -> bool:
+        return label.startswith(self.OWN_PREFIX) or self.config.federation.baseline_adapters
+
+
+def zero_shot_both(run: ClientModelsTask) -> Iterator[tuple[str, Outcome]]:
+    """The zero-shot method: the server LLM and the client SLM as loaded."""
+    federation = run.config.federation
+    llm = run.evaluate(federation.llm, "llm")
+    yield "zero_shot", {"llm": llm, "slm": run.evaluate(federation.slm, "slm")}
 
 
 class TaskRun(Protocol):

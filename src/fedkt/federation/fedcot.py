@@ -17,9 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +44,8 @@ from fedkt.data.cot import predict_example
 from fedkt.errors import ConfigError, FedktError
 from fedkt.evaluation import evaluate_rows
 from fedkt.federation import keys
-from fedkt.federation.boundary import answer_privately
-from fedkt.federation.messaging import checked_replies, wait_for_nodes
+from fedkt.federation.boundary import query_train_app
+from fedkt.federation.messaging import replies_by_node, string_list, wait_for_nodes
 from fedkt.federation.simulation import simulate
 from fedkt.generation import (
     Backend,
@@ -167,19 +166,7 @@ _CLIENT_MODELS: dict[tuple[Any, ...], _ClientModels] = {}
 
 def make_fedcot_client_app(spec: FedCoTSpec, mods: Sequence[Mod] = ()) -> ClientApp:
     """A ClientApp answering FedCoT's QUERY and TRAIN messages; ``mods`` wrap both handlers."""
-    app = ClientApp(mods=list(mods))
-    app.query()(partial(_handle, _answer_query, spec))
-    app.train()(partial(_handle, _answer_train, spec))
-    return app
-
-
-def _handle(
-    handler: Callable[[FedCoTSpec, Message, Context, int], Message],
-    spec: FedCoTSpec,
-    msg: Message,
-    context: Context,
-) -> Message:
-    return answer_privately("FedCoT", partial(handler, spec), msg, context)
+    return query_train_app("FedCoT", spec, _answer_query, _answer_train, mods)
 
 
 def _answer_query(spec: FedCoTSpec, msg: Message, context: Context, partition: int) -> Message:
@@ -337,9 +324,7 @@ def run_fedcot_server(grid: Grid, spec: FedCoTSpec, backend: Backend) -> FedCoTR
 
 
 def _by_node(replies: Any, spec: FedCoTSpec) -> dict[int, tuple[Message, int]]:
-    """Each node's reply and its payload size; any error reply raises, naming the nodes."""
-    checked = checked_replies(replies, spec.max_message_bytes, algorithm="FedCoT")
-    return {reply.metadata.src_node_id: (reply, size) for reply, size in checked}
+    return replies_by_node(replies, spec.max_message_bytes, algorithm="FedCoT")
 
 
 def _requests(reply: Message) -> list[Request]:
@@ -354,11 +339,7 @@ def _requests(reply: Message) -> list[Request]:
 
 
 def _strings(record: ConfigRecord, key: str) -> list[str]:
-    """``record[key]`` as a list of strings; anything else is a malformed message."""
-    value = record.get(key)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise FedktError(f"malformed FedCoT message: {key!r} must be a list of strings")
-    return [str(v) for v in value]
+    return string_list(record, key, algorithm="FedCoT", required=True)
 
 
 def _rationales(

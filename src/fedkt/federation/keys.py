@@ -74,6 +74,18 @@ PRIVACY = "privacy"
 RESULT = "result"
 """FedCoT MetricRecord up: the client's SLM scores and training/recovery counts."""
 
+SYNTHETIC = "synthetic"
+"""FDKT ConfigRecord up: a client's DP synthetic samples, TEXTS and LABELS (parallel lists)."""
+
+AUGMENTED = "augmented"
+"""FDKT ConfigRecord down: the server's augmented samples, TEXTS and LABELS (parallel lists)."""
+
+LABELS = "labels"
+"""list[str] in SYNTHETIC / AUGMENTED: each text's label name, in TEXTS order."""
+
+RECEIVED = "received"
+"""FDKT MetricRecord up (the TRAIN ack): how many augmented samples the client received."""
+
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 """256 MiB: a LoRA adapter of a 7B model (r=8, all linear layers) is ~80 MB in fp32, so only a
 mistake (a full state dict, a wrong rank) comes near it."""

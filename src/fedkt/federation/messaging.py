@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from flwr.app import Message
+from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from fedkt.errors import FedktError
@@ -48,3 +48,22 @@ def checked_replies(
         )
         for reply in replies
     ]
+
+
+def replies_by_node(
+    replies: Iterable[Message], limit: int, *, algorithm: str
+) -> dict[int, tuple[Message, int]]:
+    """`checked_replies`, keyed by the sending node's id."""
+    checked = checked_replies(replies, limit, algorithm=algorithm)
+    return {reply.metadata.src_node_id: (reply, size) for reply, size in checked}
+
+
+def string_list(
+    record: ConfigRecord, key: str, *, algorithm: str, required: bool = True
+) -> list[str]:
+    """``record[key]`` as a list of strings (absent and not ``required``: none); anything
+    else is a malformed message."""
+    value = record.get(key) if required else record.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FedktError(f"malformed {algorithm} message: {key!r} must be a list of strings")
+    return [str(v) for v in value]
