@@ -39,12 +39,13 @@ from fedkt.experiments.harness import (
     ClientModelsTask,
     Scoreboard,
     TaskData,
+    communication,
     run_methods,
     save_adapter,
     zero_shot_both,
 )
 from fedkt.experiments.summary import band, errorbar, mean_scores, plot_tasks
-from fedkt.federation.fdkt import FDKTResult, FDKTSpec, read_report, simulate_fdkt
+from fedkt.federation.fdkt import FDKTSpec, read_report, simulate_fdkt
 from fedkt.jobs import load_for, placement
 from fedkt.models import adapter_state, add_lora, load_adapter_state
 from fedkt.privacy.accounting import check_target
@@ -184,7 +185,7 @@ def _federated(run: FDKTTask, label: str, eps: float, *, use_llm: bool) -> dict[
             "augmentation": result.augmentation,
             "sent": result.sent,
         },
-        **_communication(result),
+        **communication(result.bytes_up, result.bytes_down),
         "seconds": time.perf_counter() - start,
     }
 
@@ -207,14 +208,6 @@ def _number(value: Any) -> float:
     if isinstance(value, int | float):
         return float(value)
     return math.inf
-
-
-def _communication(result: FDKTResult) -> dict[str, Any]:
-    return {
-        "bytes_up": result.bytes_up,
-        "bytes_down": result.bytes_down,
-        "total_bytes": sum(result.bytes_up.values()) + sum(result.bytes_down.values()),
-    }
 
 
 # ---- what a run shows ---------------------------------------------------------------------

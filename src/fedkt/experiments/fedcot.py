@@ -32,12 +32,13 @@ from fedkt.experiments.harness import (
     ClientModelsTask,
     Scoreboard,
     TaskData,
+    communication,
     run_methods,
     save_adapter,
     zero_shot_both,
 )
 from fedkt.experiments.summary import band, errorbar, mean_scores, plot_tasks
-from fedkt.federation.fedcot import FedCoTResult, FedCoTSpec, simulate_fedcot
+from fedkt.federation.fedcot import FedCoTSpec, simulate_fedcot
 from fedkt.jobs import load_for, placement
 from fedkt.models import adapter_state, add_lora, load_adapter_state
 from fedkt.report import format_table, read_jsonl
@@ -188,16 +189,8 @@ def _federated(run: FedCoTTask, label: str, strategy: str, eps: float) -> dict[s
         "slm": run.board.mean_of_clients(label, "slm", spec.num_clients),
         "clients": list(result.results),
         "privacy": mean_scores(list(result.privacy)),
-        **_communication(result),
+        **communication(result.bytes_up, result.bytes_down),
         "seconds": time.perf_counter() - start,
-    }
-
-
-def _communication(result: FedCoTResult) -> dict[str, Any]:
-    return {
-        "bytes_up": result.bytes_up,
-        "bytes_down": result.bytes_down,
-        "total_bytes": sum(result.bytes_up.values()) + sum(result.bytes_down.values()),
     }
 
 

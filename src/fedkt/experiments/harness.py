@@ -342,6 +342,12 @@ class ClientModelsTask:
         return label.startswith(self.OWN_PREFIX) or self.config.federation.baseline_adapters
 
 
+def communication(bytes_up: Mapping[int, int], bytes_down: Mapping[int, int]) -> Outcome:
+    """Payload bytes per client (node or partition id) each way, and their total."""
+    total = sum(bytes_up.values()) + sum(bytes_down.values())
+    return {"bytes_up": dict(bytes_up), "bytes_down": dict(bytes_down), "total_bytes": total}
+
+
 def zero_shot_both(run: ClientModelsTask) -> Iterator[tuple[str, Outcome]]:
     """The zero-shot method: the server LLM and the client SLM as loaded."""
     federation = run.config.federation
