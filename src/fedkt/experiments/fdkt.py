@@ -46,7 +46,7 @@ from fedkt.experiments.harness import (
 )
 from fedkt.experiments.summary import band, errorbar, mean_scores, plot_tasks
 from fedkt.federation.fdkt import FDKTSpec, read_report, simulate_fdkt
-from fedkt.jobs import load_for, placement
+from fedkt.jobs import load_for
 from fedkt.models import adapter_state, add_lora, load_adapter_state
 from fedkt.privacy.accounting import check_target
 from fedkt.report import format_table, read_jsonl, write_jsonl
@@ -74,27 +74,13 @@ class FDKTTask(ClientModelsTask):
         return cls(config, data, Scoreboard(config, task, data.evaluation))
 
     def spec(self, label: str, eps: float, use_llm: bool) -> FDKTSpec:
-        config, federation, task = self.config, self.config.federation, self.data.task
-        dtype, device = placement(config)
+        config, task = self.config, self.data.task
         store = Path(config.output_dir) / "responses" / f"{task}-{label}.jsonl"
         return FDKTSpec(
-            llm=federation.llm,
-            slm=federation.slm,
-            generator=config.fdkt.generator or federation.slm,
-            client_data=tuple(tuple(part) for part in self.data.clients),
-            eval_data=tuple(self.data.evaluation),
+            **self.spec_fields(label, str(store)),
+            generator=config.fdkt.generator or config.federation.slm,
             settings=config.fdkt.settings(config.train, eps, use_llm),
-            lora=config.lora,
             embedder=config.fdkt.embedder,
-            dtype=dtype,
-            device=device,
-            client_cpus=federation.client_cpus,
-            client_gpus=federation.client_gpus,
-            eval_batch_size=config.eval.batch_size,
-            eval_max_new_tokens=config.eval.max_new_tokens,
-            response_store=str(store),
-            predictions_dir=str(self.board.directory / label),
-            artefacts_dir=str(self.method_dir(label)) if self.saves(label) else None,
             reports_dir=str(self.method_dir(label) / "client-reports"),
         )
 

@@ -39,7 +39,7 @@ from fedkt.experiments.harness import (
 )
 from fedkt.experiments.summary import band, errorbar, mean_scores, plot_tasks
 from fedkt.federation.fedcot import FedCoTSpec, simulate_fedcot
-from fedkt.jobs import load_for, placement
+from fedkt.jobs import load_for
 from fedkt.models import adapter_state, add_lora, load_adapter_state
 from fedkt.report import format_table, read_jsonl
 from fedkt.training import derive_seed, train_answer_only
@@ -72,27 +72,13 @@ class FedCoTTask(ClientModelsTask):
         return cls(config, data, Scoreboard(config, task, scored))
 
     def spec(self, label: str, strategy: str, eps: float) -> FedCoTSpec:
-        config, federation, task = self.config, self.config.federation, self.data.task
-        dtype, device = placement(config)
+        config, task = self.config, self.data.task
         store = Path(config.output_dir) / "responses" / f"{task}-{strategy}-{eps:g}.jsonl"
         return FedCoTSpec(
-            llm=federation.llm,
-            slm=federation.slm,
+            **self.spec_fields(label, str(store)),
             decoder=config.fedcot.decoder,
-            client_data=tuple(tuple(part) for part in self.data.clients),
-            eval_data=tuple(self.data.evaluation),
             public_texts=tuple(e.question for e in self.data.public),
             settings=config.fedcot.settings(config.train, strategy, eps),
-            lora=config.lora,
-            dtype=dtype,
-            device=device,
-            client_cpus=federation.client_cpus,
-            client_gpus=federation.client_gpus,
-            eval_batch_size=config.eval.batch_size,
-            eval_max_new_tokens=config.eval.max_new_tokens,
-            response_store=str(store),
-            predictions_dir=str(self.board.directory / label),
-            artefacts_dir=str(self.method_dir(label)) if self.saves(label) else None,
         )
 
 

@@ -35,7 +35,7 @@ from fedkt.config import FederationConfig, FedktConfig
 from fedkt.data import Example, split_dev, split_dirichlet, split_fedcollm, split_iid
 from fedkt.errors import ConfigError
 from fedkt.evaluation import CausalLM, evaluate_rows, mean_stderr, paired_test
-from fedkt.jobs import load_for, task_examples
+from fedkt.jobs import load_for, placement, task_examples
 from fedkt.models import scoring_copy
 from fedkt.report import read_json, read_jsonl, to_strict_json, write_json, write_jsonl
 
@@ -340,6 +340,28 @@ class ClientModelsTask:
 
     def saves(self, label: str) -> bool:
         return label.startswith(self.OWN_PREFIX) or self.config.federation.baseline_adapters
+
+    def spec_fields(self, label: str, store: str) -> dict[str, Any]:
+        """What every client-models spec (FedCoT's, FDKT's) takes from the config and the rows
+        for the run ``label``: models, data, placement, scoring, and where files go."""
+        config, federation = self.config, self.config.federation
+        dtype, device = placement(config)
+        return {
+            "llm": federation.llm,
+            "slm": federation.slm,
+            "client_data": tuple(tuple(part) for part in self.data.clients),
+            "eval_data": tuple(self.data.evaluation),
+            "lora": config.lora,
+            "dtype": dtype,
+            "device": device,
+            "client_cpus": federation.client_cpus,
+            "client_gpus": federation.client_gpus,
+            "eval_batch_size": config.eval.batch_size,
+            "eval_max_new_tokens": config.eval.max_new_tokens,
+            "response_store": store,
+            "predictions_dir": str(self.board.directory / label),
+            "artefacts_dir": str(self.method_dir(label)) if self.saves(label) else None,
+        }
 
 
 def communication(bytes_up: Mapping[int, int], bytes_down: Mapping[int, int]) -> Outcome:
