@@ -4,6 +4,7 @@ uninterrupted run; finished methods are skipped; a changed config is refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -163,3 +164,22 @@ def test_resume_refuses_a_changed_config_and_skips_finished_methods(
     assert main(["run", str(same), "--resume"]) == 0  # everything finished: nothing reruns
     after = json.loads((uninterrupted / "results.json").read_text())
     assert after["tasks"] == json.loads(before)["tasks"]
+
+
+def test_resume_takes_a_run_written_before_a_setting_existed_while_it_keeps_its_default(
+    tmp_path: Path,
+) -> None:
+    from fedkt.config import FedktConfig
+    from fedkt.errors import ConfigError
+    from fedkt.experiments.harness import _previous
+    from fedkt.report import to_strict_json, write_json
+
+    config = FedktConfig(output_dir=str(tmp_path))
+    old = to_strict_json(dataclasses.asdict(config))
+    del old["fdkt"]["canaries"]  # as written by a fedkt without the leakage audit
+    path = tmp_path / "results.json"
+    write_json(path, {"algorithm": "fedcollm", "config": old, "tasks": {}})
+    assert _previous(path, config, "fedcollm") is not None
+    audited = dataclasses.replace(config, fdkt=dataclasses.replace(config.fdkt, canaries=2))
+    with pytest.raises(ConfigError, match=r"differs in fdkt\.canaries"):
+        _previous(path, audited, "fedcollm")

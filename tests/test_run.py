@@ -1,21 +1,24 @@
 """`fedkt run`: the [fedcollm] and [federation] sections, the split, and one end-to-end run of
-all five baselines on tiny models (two Flower simulations on Ray)."""
+all five baselines and FedCoLLM without public data on tiny models (Flower simulations on
+Ray)."""
 
 from __future__ import annotations
 
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from fedkt.cli import main
-from fedkt.config import BASELINES, FederationConfig, build_config
+from fedkt.config import BASELINES, Baseline, FederationConfig, build_config
 from fedkt.data import Example
 from fedkt.errors import ConfigError
 from fedkt.experiments import partition
 from fedkt.experiments.fedcollm import METHODS as RUNNERS
+from fedkt.experiments.fedcollm import FedCoLLMTask
 
 
 def test_sections_parse_into_typed_settings() -> None:
@@ -33,7 +36,15 @@ def test_sections_parse_into_typed_settings() -> None:
     assert (settings.rounds, settings.kd_steps, settings.kd_top_k) == (2, 3, 16)
     assert settings.client == config.train and settings.lora == config.lora
     assert build_config({}).fedcollm.kd_top_k is None  # left out: full-vocabulary KD
-    assert set(RUNNERS) == set(BASELINES) == set(FederationConfig().baselines)
+    assert set(RUNNERS) == set(typing.get_args(Baseline))
+    assert FederationConfig().baselines == BASELINES  # the paper's five unless named
+    assert "fedcollm_dp_aux" not in BASELINES and config.fedcollm.aux_source == "public"
+    dp = build_config({"fedcollm": {"aux_source": "dp_synthetic", "eps": 8, "delta": 1e-3,
+                                    "per_label": 3, "label_field": "Topic"}})  # fmt: skip
+    aux = dp.fedcollm.settings(dp.train, dp.lora)
+    assert aux.aux_source == "dp_synthetic" and aux.dp_aux.per_label == 3
+    assert (aux.dp_aux.dp.target_epsilon, aux.dp_aux.dp.delta) == (8.0, 1e-3)
+    assert aux.dp_aux.label_field == "Topic" and aux.dp_aux.seed == aux.seed
 
 
 @pytest.mark.parametrize(
@@ -47,11 +58,46 @@ def test_sections_parse_into_typed_settings() -> None:
         ({"federation": {"partition": "shards"}}, r"partition = 'shards' must be one of"),
         ({"federation": {"clients": 0}}, r"clients=0"),
         ({"fedcollm": {"kd_steps": 0}}, r"kd_steps=0"),
+        ({"fedcollm": {"aux_source": "synthetic"}}, r"aux_source = 'synthetic' must be one of"),
+        ({"fedcollm": {"aux_sorce": "public"}}, r"did you mean 'aux_source'"),
+        ({"fedcollm": {"delta": 1.5}}, r"delta=1.5"),
+        ({"fedcollm": {"eps": 0}}, r"target_epsilon=0"),
+        ({"fedcollm": {"label_field": "A|B"}}, r"field='A\|B'"),
     ],
 )
 def test_sections_are_strict(raw: dict[str, dict[str, object]], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         build_config(raw)
+
+
+@pytest.mark.parametrize(
+    ("fedcollm", "tasks", "baselines", "match"),
+    [
+        ({"delta": 0.25}, ["ag_news"], ["fedcollm_dp_aux"], r"delta=0.25 must be in \(0, 1/N\)"),
+        ({}, ["arc_easy"], ["fedcollm_dp_aux"], r"classification tasks only"),
+        ({"aux_source": "dp_synthetic"}, ["arc_easy"], ["fedcollm"], r"classification tasks"),
+        ({"aux_source": "dp_synthetic"}, ["ag_news"], ["fedcollm", "fedcollm_dp_aux"],
+         r"makes fedcollm the same method"),
+    ],
+)  # fmt: skip
+def test_fedcollm_without_public_data_is_refused_before_models_load(
+    shared_data_dir: Path,
+    fedcollm: dict[str, object],
+    tasks: list[str],
+    baselines: list[str],
+    match: str,
+) -> None:
+    """5 private rows per client: delta must be below 1/5; the task must be classification."""
+    config = build_config(
+        {
+            "data": {"dir": str(shared_data_dir), "tasks": tasks, "limit": 4, "train_limit": 15},
+            "federation": {"llm": "no-such-model", "slm": "no-such-model", "clients": 2,
+                           "baselines": baselines},
+            "fedcollm": fedcollm,
+        }
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=match):
+        FedCoLLMTask.load(config, tasks[0])
 
 
 def _rows(n: int) -> list[Example]:
@@ -72,7 +118,7 @@ def test_partition_keeps_fedcollms_public_part_and_every_row(
         assert [len(part) for part in clients] == [10, 10, 10, 10]
 
 
-def test_run_compares_all_five_baselines_end_to_end(
+def test_run_compares_all_five_baselines_and_no_public_fedcollm_end_to_end(
     tiny_pair: tuple[Path, Path],
     shared_data_dir: Path,
     tmp_path: Path,
@@ -92,7 +138,10 @@ def test_run_compares_all_five_baselines_end_to_end(
         "[train]\nlr = 1e-2\nbatch_size = 4\nmax_length = 64\n"
         "[lora]\nr = 4\nalpha = 8\ndropout = 0.0\n"
         "[fedcollm]\nrounds = 1\nkd_steps = 2\nkd_batch_size = 2\nllm_lr = 1e-2\nslm_lr = 1e-2\n"
+        "eps = 8.0\ndelta = 1e-2\ndp_batch_size = 2\ndp_max_length = 48\nper_label = 2\n"
+        'synthesis_tokens = 12\nmin_words = 1\nlabel_field = "Topic"\n'
         f'[federation]\nllm = "{llm}"\nslm = "{slm}"\nclients = 2\n'
+        f"baselines = {json.dumps([*BASELINES, 'fedcollm_dp_aux'])}\n"
         f"client_cpus = {os.cpu_count() or 1}\n"  # one Ray actor: one torch import
     )
     assert main(["run", str(config)]) == 0
@@ -100,7 +149,7 @@ def test_run_compares_all_five_baselines_end_to_end(
     entry = json.loads((out / "results.json").read_text())["tasks"]["ag_news"]
     assert entry["rows"] == {"clients": [5, 5], "public": 5, "dev": 200, "eval": 8}
     runs = entry["baselines"]
-    assert list(runs) == list(BASELINES)
+    assert list(runs) == [*BASELINES, "fedcollm_dp_aux"]
     assert runs["standalone"]["llm"] is None and len(runs["standalone"]["clients"]) == 2
     for name in BASELINES:
         slm = runs[name]["slm"]
@@ -128,10 +177,30 @@ def test_run_compares_all_five_baselines_end_to_end(
     assert "distil_loss" in runs["fedcollm"]["rounds"][0]["metrics"]
     assert "distil_loss" not in runs["fedavg"]["rounds"][0]["metrics"]
 
+    no_public = runs["fedcollm_dp_aux"]  # D_a: the clients' DP synthetic samples
+    privacy = no_public["privacy"]
+    assert (privacy["target_epsilon"], privacy["delta"]) == (8.0, 1e-2)
+    assert len(privacy["epsilon_per_client"]) == 2
+    assert 0 < privacy["epsilon_max"] == max(privacy["epsilon_per_client"]) <= 8.0 * 1.01
+    assert privacy["mean_private_rows"] == 5 and "privacy" not in runs["fedcollm"]
+    aux_rows = (out / "ag_news" / "fedcollm_dp_aux" / "server" / "aux.jsonl").read_text()
+    assert no_public["aux_rows"] == len(aux_rows.splitlines()) >= 1
+    assert "distil_loss" in no_public["rounds"][0]["metrics"]
+    query = no_public["aux_query"]
+    assert query["bytes_up"] > 0 and no_public["total_bytes"] > sum(query.values())
+    for claim in (
+        "SLM fedcollm_dp_aux >= fedcollm - 1 pt",
+        "SLM fedcollm_dp_aux > fedavg",
+        "LLM fedcollm_dp_aux >= fedcollm - 1 pt",
+        "LLM fedcollm_dp_aux > zero_shot",
+    ):
+        assert claim in claims  # fmt: skip
+
     assert (out / "results.png").read_bytes().startswith(b"\x89PNG")
     folder = out / "ag_news"
     for method, adapters in {
         "fedcollm": ("llm", "slm"),
+        "fedcollm_dp_aux": ("llm", "slm"),
         "fedavg": ("slm",),
         "centralized": ("llm", "slm"),
         "standalone": ("clients/0/slm", "clients/1/slm"),
@@ -140,6 +209,7 @@ def test_run_compares_all_five_baselines_end_to_end(
         run = json.loads((folder / method / "run.json").read_text())
         assert run["method"] == method and run["base_models"]["slm"] == str(tiny_pair[1])
         assert run["metrics"]["slm"] == runs[method]["slm"]
+        assert run["privacy"] == runs[method].get("privacy")  # the clients' eps, or None
         for adapter in adapters:
             config = json.loads((folder / method / adapter / "adapter_config.json").read_text())
             assert config["peft_type"] == "LORA"
@@ -148,6 +218,8 @@ def test_run_compares_all_five_baselines_end_to_end(
     table = capsys.readouterr().out
     assert all(name in table for name in BASELINES)
     assert "±" in table and "SLM fedcollm > fedavg" in table
+    assert "spent eps (max)" in table  # the DP table lists only the method that spent eps
+    assert [r for r in table.splitlines() if "8.00" in r and "fedcollm_dp_aux" in r]
 
 
 def _stderr(out: Path, name: str, acc: float) -> float:

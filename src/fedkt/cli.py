@@ -273,6 +273,11 @@ def _run(config: FedktConfig, args: argparse.Namespace) -> int:
         from fedkt.experiments.fdkt import privacy_table as fdkt_privacy
 
         print(fdkt_privacy(results))
+    else:
+        from fedkt.experiments.harness import dp_table
+
+        if dp_table(results):  # FedCoLLM with a DP synthetic aux set
+            print(dp_table(results))
     print(comparisons_table(results))
     plot = plot_experiment(config, results, Path(config.output_dir) / "results.png")
     print(

@@ -27,10 +27,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from fedkt.algorithms.fdkt import FDKTSettings
-from fedkt.algorithms.fedcollm import Aggregation, FedCoLLMSettings
+from fedkt.algorithms.fedcollm import Aggregation, AuxSource, DPAuxSettings, FedCoLLMSettings
 from fedkt.algorithms.fedcot import FedCoTSettings
 from fedkt.data.cot import RATIONALE_STOP
 from fedkt.data.curation import CurationSettings
@@ -45,11 +45,16 @@ from fedkt.training.dp_generator import DPSettings
 
 T = TypeVar("T")
 
-Baseline = Literal["zero_shot", "standalone", "fedavg", "centralized", "fedcollm"]
-BASELINES: tuple[Baseline, ...] = typing.get_args(Baseline)
-"""The five methods `fedkt run` compares, in the order the paper's tables list them."""
+Baseline = Literal[
+    "zero_shot", "standalone", "fedavg", "centralized", "fedcollm", "fedcollm_dp_aux"
+]
+BASELINES: tuple[Baseline, ...] = ("zero_shot", "standalone", "fedavg", "centralized", "fedcollm")
+"""The five methods `fedkt run` compares by default, in the order the paper's tables list
+them; ``fedcollm_dp_aux`` (FedCoLLM without public data: its auxiliary set is the clients' DP
+synthetic samples) runs only when named."""
 
 _FEDCOLLM = FedCoLLMSettings()  # the defaults of [fedcollm] are the protocol's own
+_DP_AUX = _FEDCOLLM.dp_aux
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,23 @@ class FedCoLLMConfig:
     The clients' local training and both models' LoRA come from the top-level [train] and
     [lora] sections, so each setting has exactly one place in the file. ``kd_top_k`` left out
     means distillation over the full vocabulary (exact).
+
+    Without public data (beyond the paper): ``aux_source = "dp_synthetic"`` makes the
+    ``fedcollm`` method distil on the clients' DP synthetic samples instead of the public
+    part, and the ``fedcollm_dp_aux`` baseline does so beside the ordinary ``fedcollm`` (the
+    comparison). Classification tasks only. The DP settings of that step:
+
+    Args:
+        aux_source: the auxiliary set D_a of ``fedcollm``: "public" or "dp_synthetic".
+        generator: the clients' generator base, DP-trained with a LoRA adapter in fp32
+            ("": the SLM).
+        eps, delta: each client's DP budget for its generator; delta must be below 1/N for
+            the smallest client's N private rows (checked when the rows are cut).
+        dp_epochs, dp_batch_size, dp_lr, dp_max_grad_norm, dp_max_length: DP-SGD of the
+            generator (expected Poisson batch, Adam, per-row clipping norm, tokens per row).
+        per_label: synthetic texts per label and client.
+        synthesis_tokens, min_words, max_words: sampling length and the kept texts' words.
+        label_field: the label prefix's field name ("Topic": "Topic: World | Text: ...").
     """
 
     rounds: int = _FEDCOLLM.rounds
@@ -161,13 +183,52 @@ class FedCoLLMConfig:
     llm_lr: float = _FEDCOLLM.llm_lr
     slm_lr: float = _FEDCOLLM.slm_lr
     seed: int = _FEDCOLLM.seed
+    aux_source: AuxSource = _FEDCOLLM.aux_source
+    generator: str = ""
+    eps: float = _DP_AUX.dp.target_epsilon
+    delta: float = _DP_AUX.dp.delta
+    dp_epochs: int = _DP_AUX.dp.epochs
+    dp_batch_size: int = _DP_AUX.dp.batch_size
+    dp_lr: float = _DP_AUX.dp.lr
+    dp_max_grad_norm: float = _DP_AUX.dp.max_grad_norm
+    dp_max_length: int = _DP_AUX.dp.max_length
+    per_label: int = _DP_AUX.per_label
+    synthesis_tokens: int = _DP_AUX.synthesis.max_new_tokens
+    min_words: int = _DP_AUX.synthesis.min_words
+    max_words: int = _DP_AUX.synthesis.max_words
+    label_field: str = _DP_AUX.label_field
 
     def __post_init__(self) -> None:
         self.settings(TrainSettings(), LoraSettings())  # the protocol's own range checks
 
     def settings(self, client: TrainSettings, lora: LoraSettings) -> FedCoLLMSettings:
         """The protocol settings: these fields plus the clients' training and the LoRA."""
-        return FedCoLLMSettings(**dataclasses.asdict(self), client=client, lora=lora)
+        return FedCoLLMSettings(
+            rounds=self.rounds,
+            kd_lambda=self.kd_lambda,
+            kd_temperature=self.kd_temperature,
+            kd_top_k=self.kd_top_k,
+            kd_steps=self.kd_steps,
+            kd_batch_size=self.kd_batch_size,
+            aggregation=self.aggregation,
+            llm_lr=self.llm_lr,
+            slm_lr=self.slm_lr,
+            seed=self.seed,
+            aux_source=self.aux_source,
+            dp_aux=self.dp_aux(),
+            client=client,
+            lora=lora,
+        )
+
+    def dp_aux(self) -> DPAuxSettings:
+        """Step 0's settings (the clients' DP generator and its sampling), seeded by ``seed``."""
+        return DPAuxSettings(
+            dp=_dp_settings(self, self.eps),
+            per_label=self.per_label,
+            synthesis=_synthesis_settings(self),
+            label_field=self.label_field,
+            seed=self.seed,
+        )
 
 
 @dataclass(frozen=True)
@@ -214,7 +275,7 @@ class FederationConfig:
         if not self.baselines or len(set(self.baselines)) != len(self.baselines):
             raise ConfigError(
                 f"federation.baselines = {list(self.baselines)}: name each of "
-                f"{list(BASELINES)} at most once, and at least one"
+                f"{list(typing.get_args(Baseline))} at most once, and at least one"
             )
 
 
@@ -244,7 +305,15 @@ class FedCoTConfig:
         recovery_tokens: new tokens the client's decoder may write per recovered rationale.
         min_rationale_words: shorter rationales are dropped as degenerate.
         min_letters: alphabetic tokens with at least this many letters are perturbed (1: all).
-        seed: seeds the perturbation.
+        candidates: "classes" (tokens replaced within their class; punctuation, whitespace
+            and the class pattern go out in clear) or "vocabulary" (every token replaced over
+            the whole vocabulary; only each field's token count, padded to a multiple of
+            ``pad_to``, goes out in clear).
+        pad_to: the "vocabulary" mode's padding (1: none).
+        seed: seeds the SLM adapters' initialisation.
+        noise_seed: seeds the perturbation noise, for a reproducible simulation (anyone who
+            knows it can replay the noise). Left out: fresh noise from `secrets` per client
+            and run, as in a deployment.
     """
 
     decoder: str = "smollm2-135m"
@@ -256,7 +325,10 @@ class FedCoTConfig:
     recovery_tokens: int = 128
     min_rationale_words: int = 5
     min_letters: int = 1
+    candidates: Literal["classes", "vocabulary"] = "classes"
+    pad_to: int = 8
     seed: int = 0
+    noise_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.strategies or not self.baselines:
@@ -279,15 +351,21 @@ class FedCoTConfig:
             recovery=GenerationSettings(max_new_tokens=self.recovery_tokens, stop=RATIONALE_STOP),
             min_rationale_words=self.min_rationale_words,
             min_letters=self.min_letters,
+            candidates=self.candidates,
+            pad_to=self.pad_to,
             train=train,
             seed=self.seed,
+            noise_seed=self.noise_seed,
         )
 
 
-FDKTBaseline = Literal["zero_shot", "local_only", "dp_synthetic_only", "fdkt"]
+FDKTBaseline = Literal[
+    "zero_shot", "local_only", "zero_shot_augmentation", "dp_synthetic_only", "fdkt"
+]
 FDKT_BASELINES: tuple[FDKTBaseline, ...] = typing.get_args(FDKTBaseline)
 """What `fedkt run` compares for FDKT: both models zero-shot, each client's SLM on its private
-rows only, private + curated DP synthetic samples (no LLM), and FDKT at every epsilon."""
+rows only, private + samples the LLM writes from the label names alone (no demonstrations),
+private + curated DP synthetic samples (no LLM), and FDKT at every epsilon."""
 
 
 @dataclass(frozen=True)
@@ -306,11 +384,16 @@ class FDKTConfig:
         baselines: methods to run, in this order.
         dp_epochs, dp_batch_size, dp_lr, dp_max_grad_norm, dp_max_length: DP-SGD of the
             generator (expected Poisson batch, Adam, per-row clipping norm, tokens per row).
-        per_label: synthetic texts per label and client.
+        per_label: synthetic texts per label and client (multiple-choice tasks: whole items
+            per client).
         synthesis_tokens, min_words, max_words: sampling length and the kept texts' words.
         n_prompts, demos_per_label, new_per_label: the server's augmentation prompts.
         augment_tokens, augment_temperature: the LLM's decoding.
         label_field, domain: the label prefix's field ("Topic") and the instruction's domain.
+        canaries: the leakage audit's canary sentences put into client 0's generator
+            training data (0: no audit; `fedkt.privacy.leakage`). They count as private rows
+            for the accountant; their exposure under the DP generator and any near-verbatim
+            copy in what the client sent go into results.json.
         seed: seeds the noise, sampling and prompts (offset per client).
     """
 
@@ -336,9 +419,12 @@ class FDKTConfig:
     augment_temperature: float = 0.7
     label_field: str = "Label"
     domain: str = ""
+    canaries: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.canaries < 0:
+            raise ConfigError(f"fdkt.canaries = {self.canaries}: need >= 0 (0: no audit)")
         if not self.eps or not self.baselines or len(set(self.baselines)) != len(self.baselines):
             raise ConfigError(
                 f"fdkt.eps and fdkt.baselines need at least one entry, each baseline once "
@@ -350,21 +436,9 @@ class FDKTConfig:
     def settings(self, train: TrainSettings, eps: float, use_llm: bool = True) -> FDKTSettings:
         """The protocol settings of one eps point (without the LLM: no prompts)."""
         return FDKTSettings(
-            dp=DPSettings(
-                target_epsilon=eps,
-                delta=self.delta,
-                epochs=self.dp_epochs,
-                batch_size=self.dp_batch_size,
-                lr=self.dp_lr,
-                max_grad_norm=self.dp_max_grad_norm,
-                max_length=self.dp_max_length,
-            ),
+            dp=_dp_settings(self, eps),
             per_label=self.per_label,
-            synthesis=SynthesisSettings(
-                max_new_tokens=self.synthesis_tokens,
-                min_words=self.min_words,
-                max_words=self.max_words,
-            ),
+            synthesis=_synthesis_settings(self),
             curation=CurationSettings(seed=self.seed),
             n_prompts=self.n_prompts if use_llm else 0,
             demos_per_label=self.demos_per_label,
@@ -432,6 +506,49 @@ class FedktConfig:
             f"unknown task {name!r}; known tasks: {', '.join(known)} (define your own in a "
             f"[tasks.{name}] table).{hint}"
         )
+
+
+class _GeneratorFields(Protocol):
+    """The [fedcollm] and [fdkt] settings of a DP generator and its sampling (same names)."""
+
+    @property
+    def delta(self) -> float: ...
+    @property
+    def dp_epochs(self) -> int: ...
+    @property
+    def dp_batch_size(self) -> int: ...
+    @property
+    def dp_lr(self) -> float: ...
+    @property
+    def dp_max_grad_norm(self) -> float: ...
+    @property
+    def dp_max_length(self) -> int: ...
+    @property
+    def synthesis_tokens(self) -> int: ...
+    @property
+    def min_words(self) -> int: ...
+    @property
+    def max_words(self) -> int: ...
+
+
+def _dp_settings(section: _GeneratorFields, eps: float) -> DPSettings:
+    return DPSettings(
+        target_epsilon=eps,
+        delta=section.delta,
+        epochs=section.dp_epochs,
+        batch_size=section.dp_batch_size,
+        lr=section.dp_lr,
+        max_grad_norm=section.dp_max_grad_norm,
+        max_length=section.dp_max_length,
+    )
+
+
+def _synthesis_settings(section: _GeneratorFields) -> SynthesisSettings:
+    return SynthesisSettings(
+        max_new_tokens=section.synthesis_tokens,
+        min_words=section.min_words,
+        max_words=section.max_words,
+    )
 
 
 def load_config(path: str | Path) -> FedktConfig:

@@ -58,8 +58,11 @@ def check_run(config: FedktConfig) -> None:
         resolve_embedder(config.fdkt.embedder)  # the embedded one: its package is installed
         if config.fdkt.generator:
             models.append(config.fdkt.generator)
+    distils = {"fedcollm", "fedcollm_dp_aux"} & set(federation.baselines)
+    if config.algorithm == "fedcollm" and config.fedcollm.generator and distils:
+        models.append(config.fedcollm.generator)
     _check(config, splits, models)
-    if config.algorithm == "fedcollm" and "fedcollm" in federation.baselines:
+    if config.algorithm == "fedcollm" and distils:
         check_shared_vocabulary(
             federation.llm, federation.slm, resolve_cache_dir(config.cache_dir or None)
         )

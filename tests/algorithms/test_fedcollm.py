@@ -11,10 +11,12 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fedkt.algorithms.fedcollm import (
     ClientUpdate,
+    DPAuxSettings,
     FedCoLLMSettings,
     LocalClient,
     ServerModels,
     aggregate_adapters,
+    aux_examples,
     check_pair,
     client_training,
     client_update,
@@ -24,7 +26,8 @@ from fedkt.algorithms.fedcollm import (
     server_round,
 )
 from fedkt.data import Example
-from fedkt.errors import ConfigError, FedktError, ModelError, TokenizerMismatchError
+from fedkt.data.formats import LabelFormat
+from fedkt.errors import ConfigError, DataError, FedktError, ModelError, TokenizerMismatchError
 from fedkt.models import LoraSettings, adapter_state, add_lora
 from fedkt.training import TrainSettings
 
@@ -74,6 +77,38 @@ def test_settings_reject_out_of_range_values() -> None:
     with pytest.raises(ConfigError, match="aggregation='median'"):
         FedCoLLMSettings(aggregation="median")  # type: ignore[arg-type]
     assert FedCoLLMSettings().kd_top_k is None  # exact full-vocabulary KD by default
+    with pytest.raises(ConfigError, match="aux_source='synthetic'"):
+        FedCoLLMSettings(aux_source="synthetic")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="per_label=0"):
+        DPAuxSettings(per_label=0)
+    with pytest.raises(ConfigError, match=r"field='A\|B'"):
+        DPAuxSettings(label_field="A|B")
+    assert FedCoLLMSettings().aux_source == "public"  # the paper's D_a unless asked otherwise
+
+
+TOPICS = ("World", "Sports")
+NEWS = LabelFormat.of(  # read off a row, as the server reads it off its evaluation rows
+    [Example("e", "Article: Rain is due.\nTopic:", TOPICS, 0, question="Rain is due.")]
+)
+
+
+def test_aux_examples_are_the_tasks_rows_sorted_and_deduplicated() -> None:
+    pairs = [("Sports", "b match"), ("World", "a summit"), ("Sports", "b match"), ("World", " ")]
+    rows = aux_examples(pairs, NEWS)
+    assert [(r.id, r.question, r.gold) for r in rows] == [
+        ("aux0", "b match", 1),
+        ("aux1", "a summit", 0),
+    ]
+    assert rows[0].context == "Article: b match\nTopic:" and rows[0].choices == TOPICS
+    assert rows[0].training_pair()[1].strip() == "Sports"
+    assert aux_examples(reversed(pairs), NEWS) == rows  # any reply order: the same D_a
+
+
+def test_aux_examples_refuse_unknown_labels_and_an_empty_set() -> None:
+    with pytest.raises(FedktError, match="'Weather'"):
+        aux_examples([("Weather", "rain again")], NEWS)
+    with pytest.raises(DataError, match="no DP synthetic samples"):
+        aux_examples([("World", "")], NEWS)
 
 
 def test_uniform_aggregation_is_the_plain_mean() -> None:

@@ -16,15 +16,18 @@ from fedkt.algorithms.fedcot import (
     client_encode,
     client_recover,
     client_train,
+    make_perturber,
+    noise_generator,
     privacy_report,
     request_id,
     server_rationales,
 )
 from fedkt.data import Example
+from fedkt.data.cot import label_names, private_fields
 from fedkt.errors import ConfigError
 from fedkt.generation import GenerationSettings, Request, ResponseStore
 from fedkt.models import LoraSettings, add_lora
-from fedkt.privacy import TextPerturber, build_kit
+from fedkt.privacy import RELEASED_IN_CLEAR, TextPerturber, build_kit, public_unigram
 from fedkt.training import TrainSettings
 
 EXAMPLES = (
@@ -81,6 +84,10 @@ def test_settings_refuse_bad_values() -> None:
         FedCoTSettings(eps=-1.0)
     with pytest.raises(ConfigError, match="alpha"):
         FedCoTSettings(alpha=1.5)
+    with pytest.raises(ConfigError, match="candidates"):
+        FedCoTSettings(candidates="words")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="pad_to"):
+        FedCoTSettings(pad_to=0)
     assert FedCoTSettings(strategy="aem", eps=3.0).label == "aem@3"
 
 
@@ -169,3 +176,109 @@ def test_privacy_report_holds_accounting_and_audit(perturber: TextPerturber) -> 
         client_encode(EXAMPLES, perturber, plain, torch.Generator()), perturber.kit, plain
     )
     assert raw["gold_answer_leak_rate"] == 1.0  # the choices, gold among them, go out as they are
+
+
+# ---- the privacy holes of issue 13 --------------------------------------------------------
+
+
+def _row(i: int, question: str, choices: tuple[str, ...], gold: int = 0) -> Example:
+    return Example(
+        id=f"row-{i}",
+        context=f"Question: {question}\nAnswer:",
+        choices=choices,
+        gold=gold,
+        question=question,
+    )
+
+
+def _draws(generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(16, generator=generator)
+
+
+def test_noise_is_fresh_from_secrets_unless_a_simulation_seeds_it() -> None:
+    secure = FedCoTSettings()
+    assert secure.noise_seed is None  # the default: no seed anyone could know
+    (first, source), (second, _) = noise_generator(secure, 0), noise_generator(secure, 0)
+    assert source == "secrets" and not torch.equal(_draws(first), _draws(second))
+    seeded = FedCoTSettings(noise_seed=7)
+    (a, kind), (b, _), (c, _) = (noise_generator(seeded, k) for k in (0, 0, 1))
+    assert kind == "seeded" and torch.equal(_draws(a), _draws(b))
+    assert not torch.equal(_draws(a), _draws(c))  # another client, other noise
+
+
+def test_only_the_private_fields_are_perturbed_and_counted(
+    perturber: TextPerturber, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    settings = FedCoTSettings(strategy="em", eps=0.0)
+    queries = client_encode(EXAMPLES, perturber, settings, torch.Generator().manual_seed(0))
+    for example, sent in zip(EXAMPLES, queries.perturbed, strict=True):
+        fields = (example.question, *example.choices)
+        tokens = sum(len(tiny_tokenizer(f, add_special_tokens=False)["input_ids"]) for f in fields)
+        record = sent.record
+        assert record.tokens_perturbed + record.tokens_passed_through == tokens
+        assert record.prompt_eps == 0.0
+        assert "\nChoices: " in sent.text  # the public template goes out as it is
+
+
+def test_label_names_of_a_classification_task_stay_in_clear(
+    perturber: TextPerturber, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    labels = ("World", "Sports", "Business")
+    rows = [_row(0, "The team won the final.", labels), _row(1, "Shares rose today.", labels, 2)]
+    assert label_names(rows) == labels and label_names(EXAMPLES) == ()
+    assert private_fields(rows[0], labels) == (rows[0].question,)
+    settings = FedCoTSettings(strategy="em", eps=1.0)
+    queries = client_encode(rows, perturber, settings, torch.Generator(), label_names=labels)
+    for row, sent in zip(rows, queries.perturbed, strict=True):
+        assert sent.text.endswith("\nChoices: World; Sports; Business")
+        size = len(tiny_tokenizer(row.question, add_special_tokens=False)["input_ids"])
+        assert sent.record.tokens_perturbed + sent.record.tokens_passed_through == size
+
+
+def test_the_answer_leak_scans_only_the_perturbed_private_text(perturber: TextPerturber) -> None:
+    # "metal" is a word of the public worked example in every multiple-choice request
+    rows = [_row(0, "Which one feels cold to touch?", ("wool", "metal"), gold=1)]
+    settings = FedCoTSettings(strategy="em", eps=0.0)
+    queries = client_encode(rows, perturber, settings, torch.Generator().manual_seed(0))
+    assert "metal" in queries.requests[0].prompt
+    assert "metal" not in queries.sent_questions[0].lower()
+    assert privacy_report(queries, perturber.kit, settings)["gold_answer_leak_rate"] == 0.0
+    plain = FedCoTSettings(strategy="none")
+    raw = client_encode(rows, perturber, plain, torch.Generator())
+    assert privacy_report(raw, perturber.kit, plain)["gold_answer_leak_rate"] == 1.0
+
+
+def test_the_report_says_what_goes_out_in_clear_and_how_unique_it_is(
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    rows = [_row(0, "The sun.", ("wool", "metal")), _row(1, "The sea!", ("wool", "metal"))]
+    reference = [private_fields(row) for row in EXAMPLES]
+    embeddings = torch.randn(len(tiny_tokenizer), 16, generator=torch.Generator().manual_seed(0))
+    prior = public_unigram(tiny_tokenizer, [e.question for e in EXAMPLES])
+    unique = {}
+    for candidates in ("classes", "vocabulary"):
+        kit = build_kit(tiny_tokenizer, embeddings, min_letters=1, partition=candidates)
+        settings = FedCoTSettings(strategy="em", eps=1.0, candidates=candidates, noise_seed=0)
+        generator, noise = noise_generator(settings, 0)
+        perturber = make_perturber(tiny_tokenizer, kit, settings)
+        queries = client_encode(rows, perturber, settings, generator)
+        report = privacy_report(
+            queries,
+            kit,
+            settings,
+            perturber=perturber,
+            log_prior=prior,
+            reference=reference,
+            noise=noise,
+        )
+        assert report["noise"] == "seeded" and report["candidates"] == candidates
+        assert report["released_in_clear"] == RELEASED_IN_CLEAR[candidates]
+        assert report["pattern_reference_rows"] == 3
+        for key in ("protected_recovered", "protected_recovered_prior", "prior_only_recovered"):
+            assert 0.0 <= report[key] <= 1.0
+        unique[candidates] = report["pattern_unique_rate"]
+        if candidates == "vocabulary":  # every field padded to 8 tokens, pads perturbed
+            assert report["tokens_passed_through"] == 0
+            assert report["tokens_perturbed"] == 2 * 3 * 8
+    # "." and "!" go out in clear with classes; with one vocabulary set only lengths do
+    assert unique == {"classes": 1.0, "vocabulary": 0.0}

@@ -286,3 +286,22 @@ def test_augment_resumes_from_its_store(tmp_path: Path) -> None:
     assert set(result.responses) == {p.id for p in prompts}
     fresh = augment(FakeBackend(), prompts, GenerationSettings(batch_size=2), labels=LABELS)
     assert result.items == fresh.items
+
+
+def test_zero_shot_prompts_name_every_label_hold_no_demonstration_and_differ() -> None:
+    from fedkt.data.augmentation import build_zero_shot_prompts
+
+    labels = ["World", "Sports", "Business", "Sci/Tech"]
+    prompts = build_zero_shot_prompts(labels, 4, seed=3, per_label=2, field="Topic",
+                                      domain="of news articles")  # fmt: skip
+    assert [p.id for p in prompts] == [f"zero-shot{i}" for i in range(4)]
+    assert len({p.prompt for p in prompts}) == 4  # each its own label order
+    for prompt in prompts:
+        assert "Examples:" not in prompt.prompt and "of news articles" in prompt.prompt
+        assert all(label in prompt.prompt for label in labels)
+        assert "Topic: <label> | Text: <text>" in prompt.prompt
+    again = build_zero_shot_prompts(labels, 2, seed=3, per_label=2, field="Topic",
+                                    domain="of news articles")  # fmt: skip
+    assert [p.prompt for p in again] == [p.prompt for p in prompts[:2]]
+    with pytest.raises(DataError, match="no labels"):
+        build_zero_shot_prompts([], 2)

@@ -20,7 +20,7 @@ from fedkt.data import (
     recovery_prompt,
     render_question,
 )
-from fedkt.data.cot import ANSWER_PHRASE
+from fedkt.data.cot import ANSWER_PHRASE, label_names, private_fields, render_fields
 from fedkt.errors import ConfigError, DataError
 from fedkt.evaluation import score_choices
 from fedkt.training import IGNORE_INDEX, encode_answer_only
@@ -57,6 +57,24 @@ PERTURBED_RATIONALE = (
 def test_render_question_lists_the_choice_texts_or_the_bare_question() -> None:
     assert render_question(MC) == ORIGINAL
     assert render_question(GEN) == GEN.question
+
+
+def test_private_fields_render_back_into_the_public_template() -> None:
+    assert private_fields(MC) == (MC.question, *MC.choices)
+    assert private_fields(GEN) == (GEN.question,)
+    assert render_fields(MC, private_fields(MC)) == render_question(MC)
+    assert render_fields(MC, ("q", "a", "b", "c")) == "q\nChoices: a; b; c"
+    labels = MC.choices  # as if the choices were a classification task's label names
+    assert private_fields(MC, labels) == (MC.question,)
+    assert render_fields(MC, ("q",)) == "q\nChoices: oxygen; carbon dioxide; helium"
+    with pytest.raises(DataError, match="fields"):
+        render_fields(MC, ("q", "a"))
+    assert label_names([MC, MC]) == MC.choices and label_names([MC]) == ()
+    assert label_names([GEN, GEN]) == () and label_names([MC, _other_choices()]) == ()
+
+
+def _other_choices() -> Example:
+    return Example(id="x", context="c", choices=("yes", "no"), gold=0, question="q")
 
 
 def test_render_question_needs_the_raw_question() -> None:

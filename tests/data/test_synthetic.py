@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from fedkt.data.synthetic import (
+    ITEM_DROP_REASONS,
     ITEM_PREFIX,
     McItem,
     SyntheticFilter,
+    clean_item,
     clean_synthetic,
     format_item,
     format_sample,
@@ -139,3 +141,40 @@ def test_parse_item_drops_malformed(text: str) -> None:
 def test_format_item_refuses_what_would_not_parse_back(item: McItem) -> None:
     with pytest.raises(DataError, match="format_item"):
         format_item(item)
+
+
+GENERATED = (
+    " Which gas do plants absorb? | Choices: A) oxygen B) carbon dioxide C) helium | Answer: B"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # what a generator writes after the bare "Question:" prompt
+        (GENERATED, (ITEM, "kept")),
+        (GENERATED + ".", (ITEM, "kept")),
+        # it restates its prompt, or runs on into a next item: stripped, cut
+        (" Question:" + GENERATED, (ITEM, "kept")),
+        (GENERATED + "\nQuestion: Why is | Choices: A) x", (ITEM, "kept")),
+        ("  \n", (None, "empty")),
+        (" Question:", (None, "empty")),
+        (" Which gas? | Choices: A) oxygen B) carbon dioxide", (None, "malformed")),
+        (" Which gas? | Choices: A) oxygen B) oxygen | Answer: A", (None, "malformed")),
+        (GENERATED + " because plants need it", (None, "malformed")),
+        (" Which gas? | Choices: A) oxygen B) carbon dioxide | Answer: B", (None, "too_short")),
+        (
+            " Which gas do plants absorb? | Choices: A) " + "very " * 10 + "B) no | Answer: A",
+            (None, "too_long"),
+        ),
+    ],
+)
+def test_clean_item(text: str, expected: tuple[McItem | None, str]) -> None:
+    assert clean_item(text, SyntheticFilter(min_words=3, max_words=14)) == expected
+    assert expected[1] == "kept" or expected[1] in ITEM_DROP_REASONS
+
+
+def test_clean_item_checks_the_number_of_choices() -> None:
+    rule = SyntheticFilter(min_words=1)
+    assert clean_item(GENERATED, rule, n_choices=3) == (ITEM, "kept")
+    assert clean_item(GENERATED, rule, n_choices=4) == (None, "choice_count")

@@ -157,6 +157,18 @@ def test_client_failure_replies_an_error_without_details(
     assert "over the limit of 100 bytes" in caplog.text
 
 
+def test_a_client_without_dp_aux_settings_answers_a_query_with_an_error_only(
+    spec: FederationSpec,
+) -> None:
+    """With public data the clients are never queried; a query anyway gets no samples."""
+    _, context = _train_message(spec, 0, {})
+    metadata = Metadata(1, "m3", 0, 7, "", "0", time.time(), 60.0, keys.QUERY)
+    query = Message(RecordDict(), metadata=metadata)
+    reply = client_app.query(spec.client_setup(), query, context)
+    assert reply.has_error() and not reply.has_content()
+    assert reply.error.reason.startswith("FedktError in the FedCoLLM client of partition 0;")
+
+
 def _reply(node: int, content: RecordDict | None = None, error: Error | None = None) -> Message:
     metadata = Metadata(1, f"r{node}", node, 0, "m1", "0", time.time(), 60.0, keys.TRAIN)
     return Message(content=content, error=error, metadata=metadata)
@@ -270,7 +282,7 @@ def test_clients_send_no_question_choice_or_answer_text(
 ) -> None:
     _, sent = simulated
     assert len(sent) == 4  # one reply per client and round, and nothing else left a client
-    for msg in sent:
+    for msg in sent:  # with public data: no query, so no DP synthetic samples either
         assert not msg.has_error()
         assert set(msg.content.array_records) == {keys.ADAPTER}
         assert set(msg.content.metric_records) == {keys.COUNTS}

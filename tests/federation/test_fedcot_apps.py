@@ -1,22 +1,34 @@
 """FedCoT over Flower: one real simulation (Ray, two clients) with tiny models, every message a
-client sends captured and searched for its private text."""
+client sends captured and searched for its private text (as strings and as token ids) and for
+any number beyond the bare acknowledgement; the query handler called twice for its noise."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
-from flwr.app import Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from transformers import PreTrainedTokenizerFast
 
 from conftest import Recorder, build_tiny_llama, find_leaks
 from fedkt.algorithms.fedcot import FedCoTSettings
 from fedkt.data import Example
+from fedkt.data.cot import render_question
 from fedkt.federation import keys
-from fedkt.federation.fedcot import FedCoTResult, FedCoTSpec, simulate_fedcot
+from fedkt.federation.fedcot import (
+    FedCoTResult,
+    FedCoTSpec,
+    _answer_query,
+    simulate_fedcot,
+)
+from fedkt.federation.reports import read_report
 from fedkt.generation import GenerationSettings
 from fedkt.models import LoraSettings
 from fedkt.training import TrainSettings
@@ -55,15 +67,19 @@ CLIENT_DATA = (_examples(PRIVATE[:2], "a"), _examples(PRIVATE[2:], "b"))
 
 
 @pytest.fixture(scope="module")
-def simulated(
+def models_root(
     tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerFast
-) -> Iterator[tuple[FedCoTSpec, FedCoTResult, list[Message]]]:
+) -> Path:
     root = tmp_path_factory.mktemp("models")
     for name, layers, seed in (("llm", 3, 1), ("slm", 2, 0)):
         build_tiny_llama(len(tiny_tokenizer), n_layers=layers, seed=seed).save_pretrained(
             root / name
         )
         tiny_tokenizer.save_pretrained(root / name)
+    return root
+
+
+def _spec(root: Path, tmp: pytest.TempPathFactory, **changes: Any) -> FedCoTSpec:
     spec = FedCoTSpec(
         llm=str(root / "llm"),
         slm=str(root / "slm"),
@@ -76,8 +92,18 @@ def simulated(
         dtype="float32",
         device="cpu",
         client_cpus=os.cpu_count() or 1,
-        response_store=str(tmp_path_factory.mktemp("store") / "answers.jsonl"),
+        response_store=str(tmp.mktemp("store") / "answers.jsonl"),
+        reports_dir=str(tmp.mktemp("reports")),
+        pattern_reference=_examples(PRIVATE + EVAL, "r"),
     )
+    return dataclasses.replace(spec, **changes)
+
+
+@pytest.fixture(scope="module")
+def simulated(
+    tmp_path_factory: pytest.TempPathFactory, models_root: Path
+) -> Iterator[tuple[FedCoTSpec, FedCoTResult, list[Message]]]:
+    spec = _spec(models_root, tmp_path_factory)
     recorder = Recorder(tmp_path_factory.mktemp("sent"))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
@@ -91,14 +117,20 @@ def test_one_round_trip_runs_end_to_end(
     simulated: tuple[FedCoTSpec, FedCoTResult, list[Message]],
 ) -> None:
     spec, result, _ = simulated
-    assert len(result.results) == len(result.privacy) == 2
-    for outcome, privacy in zip(result.results, result.privacy, strict=True):
+    assert result.requests == result.acknowledged == (2, 2)  # all the server learns
+    for k in range(spec.num_clients):
+        report = read_report(Path(str(spec.reports_dir)) / f"client{k}.json")
+        outcome, privacy = report["train"], report["privacy"]  # on the client's own disk
         assert outcome["n"] == 1 and 0.0 <= outcome["acc"] <= 1.0
         assert outcome["train_steps"] >= 1 and math.isfinite(outcome["last_loss"])
         assert outcome["rationales"] + outcome["missing"] + outcome["rejected"] == 2
         assert privacy["prompts"] == 2 and privacy["tokens_perturbed"] > 0
         assert privacy["eps_per_token_max"] == pytest.approx(1.0)
         assert 0.0 <= privacy["protected_recovered"] <= 1.0
+        assert 0.0 <= privacy["prior_only_recovered"] <= 1.0
+        assert privacy["noise"] == "secrets"  # no noise seed: fresh bits from the OS
+        assert privacy["released_in_clear"] and privacy["pattern_reference_rows"] == 5
+        assert 0.0 <= privacy["pattern_unique_rate"] <= 1.0
     assert set(result.bytes_up) == set(result.bytes_down) and len(result.bytes_up) == 2
     assert all(size > 0 for size in [*result.bytes_up.values(), *result.bytes_down.values()])
     answered = Path(spec.response_store or "").read_text().splitlines()
@@ -114,14 +146,114 @@ def _needles() -> list[str]:
     return needles
 
 
-def test_clients_send_no_question_choice_list_or_gold_answer(
+def _private_ids(tokenizer: PreTrainedTokenizerFast) -> list[list[int]]:
+    """The token id sequences of every private text (as the clients' tokenizer reads it)."""
+    texts = []
+    for examples in CLIENT_DATA:
+        for ex in examples:
+            texts += [ex.question, *ex.choices, render_question(ex)]
+    texts += [f" {text}" for text in texts]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def _numbers(msg: Message) -> list[tuple[str, list[float]]]:
+    """Every number a message carries, as (where, values): metric records, numbers in config
+    records (bare or in lists) and the values of every array."""
+    found: list[tuple[str, list[float]]] = []
+    for name, record in [*msg.content.metric_records.items(), *msg.content.config_records.items()]:
+        for key, value in record.items():
+            items = value if isinstance(value, list) else [value]
+            numbers = [float(v) for v in items if isinstance(v, int | float)]
+            if numbers:
+                found.append((f"{name}.{key}", numbers))
+    for name, arrays in msg.content.array_records.items():
+        for key, array in arrays.items():
+            found.append((f"{name}.{key}", np.asarray(array.numpy(), dtype=float).ravel().tolist()))
+    return found
+
+
+def _holds(values: Sequence[float], sequence: Sequence[int]) -> bool:
+    n = len(sequence)
+    return any(list(values[i : i + n]) == list(sequence) for i in range(len(values) - n + 1))
+
+
+def _id_leaks(msg: Message, sequences: Sequence[Sequence[int]]) -> list[Sequence[int]]:
+    """The private token id sequences (3 ids or more) found in the message's numbers or, as
+    int32/int64 in either byte order, anywhere in the message as Flower serializes it."""
+    numbers = [values for _, values in _numbers(msg)]
+    wire = b"".join(obj.deflate() for obj in get_all_nested_objects(msg).values())
+    leaks = []
+    for seq in (s for s in sequences if len(s) >= 3):
+        encoded = [np.asarray(seq, dtype=dtype).tobytes() for dtype in ("<i4", ">i4", "<i8", ">i8")]
+        if any(_holds(values, seq) for values in numbers) or any(e in wire for e in encoded):
+            leaks.append(seq)
+    return leaks
+
+
+def _statistics(msg: Message, acknowledged: int) -> list[str]:
+    """Every number but the one allowed: the TRAIN reply's count of rationales received,
+    which the server knows (it sent them)."""
+    allowed = (f"{keys.RECEIVED}.{keys.RECEIVED}", [float(acknowledged)])
+    return [where for where, values in _numbers(msg) if (where, values) != allowed]
+
+
+def test_the_capture_checks_find_statistics_and_token_ids(
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    ids = _private_ids(tiny_tokenizer)
+    longest = max(ids, key=len)
+    loss = RecordDict({keys.RESULT: MetricRecord({"last_loss": 2.5})})
+    assert _statistics(Message(loss, dst_node_id=1, message_type=keys.TRAIN), 2)
+    ack = RecordDict({keys.RECEIVED: MetricRecord({keys.RECEIVED: 2})})
+    assert not _statistics(Message(ack, dst_node_id=1, message_type=keys.TRAIN), 2)
+    as_list = RecordDict({"x": ConfigRecord({"ids": [7, *longest, 9]})})
+    as_array = RecordDict({"x": ArrayRecord({"a": Array(np.asarray(longest, dtype=np.int32))})})
+    as_bytes = RecordDict({"x": ConfigRecord({"b": np.asarray(longest, dtype=">i8").tobytes()})})
+    for content in (as_list, as_array, as_bytes):
+        message = Message(content, dst_node_id=1, message_type=keys.QUERY)
+        assert longest in _id_leaks(message, ids)
+
+
+def test_clients_send_only_perturbed_prompts_and_a_bare_acknowledgement(
     simulated: tuple[FedCoTSpec, FedCoTResult, list[Message]],
+    tiny_tokenizer: PreTrainedTokenizerFast,
 ) -> None:
     _, _, sent = simulated
-    assert len(sent) == 4  # per client: its requests, then its result; nothing else
+    ids = _private_ids(tiny_tokenizer)
     for msg in sent:
         assert not msg.has_error()
-        assert not msg.content.array_records  # no weights travel in FedCoT
         assert find_leaks(msg, _needles()) == []
+        assert _id_leaks(msg, ids) == []
+        # no metric or count derived from private rows: the only number is the ack
+        assert _statistics(msg, acknowledged=2) == []
+        assert not msg.content.array_records  # no weights travel in FedCoT
+        for record in msg.content.config_records.values():
+            assert all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                       for v in record.values())  # fmt: skip
+    assert len(sent) == 4  # per client: its requests, then its acknowledgement; nothing else
     kinds = sorted(tuple(sorted(m.content)) for m in sent)
-    assert kinds == sorted([(keys.PRIVACY, keys.REQUESTS)] * 2 + [(keys.RESULT,)] * 2)
+    assert kinds == sorted([(keys.REQUESTS,)] * 2 + [(keys.RECEIVED,)] * 2)
+
+
+def test_each_query_draws_fresh_noise_unless_the_simulation_seeds_it(
+    tmp_path_factory: pytest.TempPathFactory, models_root: Path
+) -> None:
+    def prompts(spec: FedCoTSpec) -> list[str]:
+        """The prompts client 0 sends for one QUERY."""
+        context = Context(0, 1, {"partition-id": 0, "num-partitions": 2}, RecordDict(), {})
+        query = Message(RecordDict(), dst_node_id=1, message_type=keys.QUERY)
+        reply = _answer_query(spec, query, context, 0)
+        return list(reply.content.config_records[keys.REQUESTS][keys.PROMPTS])
+
+    def noise(spec: FedCoTSpec) -> str:
+        """The noise source client 0's own report names."""
+        return str(read_report(Path(str(spec.reports_dir)) / "client0.json")["privacy"]["noise"])
+
+    secure = _spec(models_root, tmp_path_factory)
+    assert prompts(secure) != prompts(secure)  # the server cannot replay the noise
+    assert noise(secure) == "secrets"
+    seeded = _spec(
+        models_root, tmp_path_factory, settings=dataclasses.replace(SETTINGS, noise_seed=3)
+    )
+    assert prompts(seeded) == prompts(seeded)  # a simulation may ask for reproducibility
+    assert noise(seeded) == "seeded"

@@ -1,5 +1,5 @@
-"""Per-label synthesis: quotas, filters, draw caps, seeds, with a scripted backend and a tiny
-Llama."""
+"""Per-label and whole-item synthesis: quotas, filters, draw caps, seeds, with a scripted
+backend and a tiny Llama."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import pytest
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from fedkt.data.synthetic import label_prefix
+from fedkt.data.synthetic import ITEM_PREFIX, McItem, format_item, label_prefix
 from fedkt.errors import ConfigError
 from fedkt.generation import GenerationSettings, TransformersBackend
-from fedkt.generation.synthesis import SynthesisSettings, synthesize
+from fedkt.generation.synthesis import SynthesisSettings, synthesize, synthesize_items
 
 PREFIXES = {"a": label_prefix("a"), "b": label_prefix("b")}
 
@@ -108,3 +108,81 @@ def test_with_a_tiny_llama(
         assert counts.drawn == counts.kept + sum(counts.dropped.values())
     again = synthesize(backend, PREFIXES, 3, settings, seed=0)
     assert again.samples == result.samples
+
+
+# ---- whole multiple-choice items ----
+
+
+class ItemBackend:
+    """Answers the prompts with fixed texts, in order, then with "" (recording every call)."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = list(texts)
+        self.calls: list[tuple[list[str], GenerationSettings]] = []
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
+        self.calls.append((list(prompts), settings))
+        return [self.texts.pop(0) if self.texts else "" for _ in prompts]
+
+
+GAS = McItem("Which gas do plants absorb?", ("oxygen", "carbon dioxide"), 1)
+ICE = McItem("What turns ice into water?", ("heat", "cold", "wind"), 0)
+
+
+def continuation(item: McItem) -> str:
+    """What a generator writes after the bare prefix: the item without "Question:"."""
+    return format_item(item)[len(ITEM_PREFIX) :]
+
+
+def test_items_keep_the_valid_and_count_what_they_dropped() -> None:
+    backend = ItemBackend(
+        [
+            " Which gas? | Choices: A) oxygen | Answer: A",  # one choice: malformed
+            continuation(GAS),
+            " not an item at all",  # malformed
+            continuation(GAS).replace("Which", "WHICH"),  # the same item: duplicate
+            " Why? | Choices: A) x B) y | Answer: A",  # too short
+            continuation(ICE) + "\nQuestion: and a run-on",  # cut at the next item
+            continuation(McItem("Which is a planet here?", ("Mars", "Moon"), 0)),
+        ]
+    )
+    settings = SynthesisSettings(batch_size=7, min_words=2, max_draws_factor=4)
+    result = synthesize_items(backend, 2, settings, seed=0)
+    assert result.items == [GAS, ICE] and not result.short
+    counts = result.counts
+    assert counts.kept == 2 and counts.drawn == 7
+    assert counts.dropped == {
+        "empty": 0,
+        "malformed": 2,
+        "choice_count": 0,
+        "too_short": 1,
+        "too_long": 0,
+        "duplicate": 1,
+        "over_quota": 1,
+    }
+    assert counts.drawn == counts.kept + sum(counts.dropped.values())
+    # sampled as the per-label texts are: temperature 1, top-p 0.9, from the bare prefix
+    prompts, gen = backend.calls[0]
+    assert set(prompts) == {ITEM_PREFIX} and (gen.temperature, gen.top_p) == (1.0, 0.9)
+
+
+def test_items_draw_cap_choice_count_and_seeds() -> None:
+    settings = SynthesisSettings(batch_size=2, min_words=2, max_draws_factor=3)
+    junk = ItemBackend([continuation(GAS)] * 20)
+    result = synthesize_items(junk, 2, settings, seed=0)
+    assert result.items == [GAS] and result.short
+    assert result.counts.drawn == 6 and result.counts.dropped["duplicate"] == 5
+    three = synthesize_items(
+        ItemBackend([continuation(GAS), continuation(ICE)]), 1, settings, seed=0, n_choices=3
+    )
+    assert three.items == [ICE] and three.counts.dropped["choice_count"] == 1
+    seeds = []
+    for seed in (5, 5, None):
+        backend = ItemBackend([])
+        assert synthesize_items(backend, 1, settings, seed=seed).seeded is (seed is not None)
+        seeds.append([gen.seed for _, gen in backend.calls])
+    assert seeds[0] == seeds[1] != seeds[2]
+    with pytest.raises(ConfigError, match="n_items"):
+        synthesize_items(junk, 0, settings, seed=0)
+    with pytest.raises(ConfigError, match="n_choices"):
+        synthesize_items(junk, 1, settings, seed=0, n_choices=1)

@@ -13,8 +13,11 @@ from fedkt.privacy import (
     PerturbationKit,
     PrivacyRecord,
     TextPerturber,
+    build_kit,
+    join_perturbed,
     privacy_summary,
     public_importance,
+    secure_generator,
     unperturbed,
 )
 
@@ -172,3 +175,53 @@ def test_bad_arguments(
         TextPerturber(tokenizer, kit, "aem", importance[:10])
     with pytest.raises(ConfigError, match="strategy"):
         TextPerturber(tokenizer, kit, "dp")  # type: ignore[arg-type]
+
+
+def test_secure_generators_draw_fresh_noise_the_seed_cannot_replay() -> None:
+    # Why seeding with secrets.randbits(64) is not enough: the CPU generator keeps 32 bits.
+    low, high = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5 + 2**32)
+    assert torch.equal(torch.rand(4, generator=low), torch.rand(4, generator=high))
+    first, second = secure_generator(), secure_generator()
+    draws = torch.rand(64, generator=first)
+    assert not torch.equal(draws, torch.rand(64, generator=second))
+    replay = torch.Generator().manual_seed(first.initial_seed())
+    assert not torch.equal(torch.rand(64, generator=replay)[:8], draws[:8])
+    out = torch.multinomial(torch.ones(50), 20, generator=secure_generator())
+    assert out.unique().numel() == 20  # a working generator: sampling without replacement
+
+
+def test_the_vocabulary_kit_perturbs_every_token_and_keeps_only_the_count(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    emb = torch.randn(len(tokenizer), 16, generator=torch.Generator().manual_seed(0))
+    kit = build_kit(tokenizer, emb, partition="vocabulary")
+    assert [s.name for s in kit.sets] == ["vocabulary"]
+    assert kit.sets[0].size == len(tokenizer) - len(tokenizer.all_special_ids)
+    out = TextPerturber(tokenizer, kit, "em").perturb(TEXTS[:3] * 20, 0.0, gen(3))
+    for p in out:
+        assert p.record.tokens_passed_through == 0
+        assert p.record.tokens_perturbed == len(p.source_ids) == len(p.output_ids)
+    first = [p for p in out if p.source_ids == out[0].source_ids]
+    assert sum("?" in p.text for p in first) < len(first) / 2  # punctuation is replaced too
+    with pytest.raises(ConfigError, match="max_words"):
+        build_kit(tokenizer, emb, partition="vocabulary", max_words=10)
+    padded = TextPerturber(tokenizer, kit, "em", pad_to=8)
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    assert padded.pad_id == space[0]
+    for p in padded.perturb(TEXTS, 1.0, gen()):
+        assert len(p.source_ids) % 8 == 0 and len(p.output_ids) == len(p.source_ids)
+        assert p.record.tokens_perturbed == len(p.source_ids)  # the pads are spent budget
+
+
+def test_join_perturbed_counts_the_fields_only(
+    tokenizer: PreTrainedTokenizerFast, kit: PerturbationKit
+) -> None:
+    parts = TextPerturber(tokenizer, kit, "em").perturb(["the sun", "sea water"], 2.0, gen())
+    joined = join_perturbed(parts, f"{parts[0].text}\nChoices: {parts[1].text}")
+    assert joined.record.eps_per_token == parts[0].record.eps_per_token + (
+        parts[1].record.eps_per_token
+    )
+    assert joined.record.prompt_eps == pytest.approx(2.0 * joined.record.tokens_perturbed)
+    assert joined.source_ids == parts[0].source_ids + parts[1].source_ids
+    with pytest.raises(ConfigError, match="one strategy"):
+        join_perturbed([parts[0], *unperturbed(tokenizer, ["x"])], "x")

@@ -19,9 +19,20 @@ Everything sent (3) is post-processing of the DP generator, so it carries its (e
 Every label of the task is synthesised, not only the labels D_k holds: which labels a client
 has is private too, and the DP guarantee covers only what the generator outputs.
 
-Scope: classification-like tasks (one fixed label set, every row's choices = the label names,
-``Example.question`` the raw text, e.g. AG News). Multiple-choice tasks, whose items would be
-synthesised whole (`fedkt.data.synthetic.McItem`), are refused with a clear error.
+Scope: classification tasks (one fixed label set, every row's choices = the label names,
+``Example.question`` the raw text, e.g. AG News) as above, and multiple-choice tasks (each row
+its own choices: ARC-Easy/Challenge, OpenBookQA, CommonsenseQA), whose items travel whole
+(`fedkt.data.synthetic.McItem`, one line ``"Question: ... | Choices: A) ... B) ... | Answer:
+B"`` each): the generator learns whole private items (1) and writes new ones from the bare
+``"Question:"`` (3), well-formed ones only (with the task's number of choices when all its
+public rows share one); the server curates the items as one group (the answer letter is no
+class: near-duplicates and off-domain items only) on the embeddings of their formatted text
+(4), its LLM writes new items from k demonstrations per prompt (5), and each client trains on
+its private rows plus the items written back as the task's own rows (6,
+`fedkt.data.formats.ItemFormat.example`). The task's format and number of choices are read off
+its public (evaluation) rows, never off a client's private rows, so what a client sends stays
+post-processing of its DP generator. Generative tasks (e.g. GSM8K) are refused with a clear
+error; so is the canary audit for a multiple-choice task (its canaries are labelled texts).
 """
 
 from __future__ import annotations
@@ -38,25 +49,39 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedkt.data import Example
-from fedkt.data.augmentation import LabelledText, augment, build_prompts
+from fedkt.data.augmentation import (
+    Item,
+    Kind,
+    LabelledText,
+    augment,
+    build_prompts,
+    build_zero_shot_item_prompts,
+    build_zero_shot_prompts,
+)
 from fedkt.data.curation import CurationReport, CurationSettings, curate, pools_by_label
-from fedkt.data.synthetic import format_sample, label_prefix
+from fedkt.data.formats import ItemFormat, LabelFormat, TaskFormat, task_format
+from fedkt.data.synthetic import McItem, format_item, label_prefix
 from fedkt.errors import ConfigError, DataError
 from fedkt.generation import (
     Backend,
     GenerationSettings,
     Request,
     ResponseStore,
-    TransformersBackend,
 )
-from fedkt.generation.synthesis import Synthesis, SynthesisSettings, synthesize
+from fedkt.generation.synthesis import SynthesisSettings
 from fedkt.models.embeddings import embed
-from fedkt.privacy.accounting import check_target
+from fedkt.privacy.leakage import Canary, canaries_in, canary_exposure
 from fedkt.training import TrainReport, TrainSettings, train_answer_only
-from fedkt.training.dp_generator import DPReport, DPSettings, train_generator_dp
+from fedkt.training.dp_generator import DPSettings
+from fedkt.training.dp_synthesis import DPSynthesis, dp_synthesize
 
-_SLOT = "\x00TEXT\x00"
-"""Stands for the text in a task's context template (no task text holds a NUL)."""
+ITEM_GROUP = "item"
+"""The one label group of a multiple-choice task's items in curation and prompts: the answer
+letter is no class, so items are neither split nor judged by it."""
+
+AUDIT_REFERENCES = 499
+"""Other secrets each canary is ranked against: exposure is then at most log2(500) = 9 bits,
+and an unseen canary averages ~1.4 bits (`fedkt.privacy.leakage.expected_unseen_exposure`)."""
 
 
 @dataclass(frozen=True)
@@ -66,17 +91,21 @@ class FDKTSettings:
     Args:
         dp: the generator's DP-SGD (``target_epsilon``, ``delta`` < 1/N, epochs, batch, lr,
             clipping); ``target_epsilon = inf`` trains the same pipeline without noise.
-        per_label: synthetic texts each client samples per label (reference: 2000).
+        per_label: synthetic texts each client samples per label (reference: 2000); for a
+            multiple-choice task, the items each client samples in all.
         synthesis: sampling (temperature 1, top-p 0.9) and the minimum/maximum length.
         curation: the server's filters (near-duplicate, off-domain, label mismatch) and k-means.
         n_prompts: augmentation prompts the server's LLM answers (reference: 200-20000);
             0 sends the curated DP synthetic samples back instead (the "DP synthetic only"
             baseline, no LLM).
-        demos_per_label: k demonstrations per label in each prompt (reference: 1-2).
-        new_per_label: new samples per label each prompt asks for.
+        demos_per_label: k demonstrations per label in each prompt (reference: 1-2); for a
+            multiple-choice task, k items in each prompt.
+        new_per_label: new samples per label each prompt asks for (multiple choice: new
+            items per prompt).
         augmentation: the LLM's decoding (sampled, so prompts with the same demonstrations
             still differ).
-        min_words: augmented texts with fewer words are dropped.
+        min_words: augmented texts (multiple choice: questions) with fewer words are
+            dropped.
         dedupe_threshold: word 3-gram Jaccard at which an augmented text copies a
             demonstration (`fedkt.data.augmentation.dedupe_against`).
         label_field: the label field of the prefix ("Topic", "Rating", ...).
@@ -141,91 +170,7 @@ class FDKTSettings:
         return f"{name}@{self.eps:g}"
 
 
-# ---- the task's format: classification rows <-> (label, text) -------------------------------
-
-
-@dataclass(frozen=True)
-class LabelFormat:
-    """A classification task's label names and context template, read off its examples.
-
-    ``template`` is a row's context with its text replaced by a slot, e.g.
-    ``"Article: <slot>\\nTopic:"`` for AG News; `example` rebuilds a row from (label, text).
-    """
-
-    labels: tuple[str, ...]
-    template: str
-
-    @classmethod
-    def of(cls, examples: Sequence[Example]) -> LabelFormat:
-        """The format shared by ``examples``; anything but classification is refused."""
-        if not examples:
-            raise DataError("FDKT: no examples to read the task's labels from")
-        labels = examples[0].choices
-        templates = set()
-        for example in examples:
-            if example.is_generative or example.choices != labels or not example.question:
-                raise ConfigError(
-                    f"FDKT supports classification tasks only (every row's choices the same "
-                    f"label names and its raw text in Example.question, e.g. ag_news); row "
-                    f"{example.id!r} is not one. Synthesising whole multiple-choice items "
-                    "(fedkt.data.synthetic.McItem) is not wired into FDKT yet."
-                )
-            if example.context.count(example.question) != 1:
-                raise DataError(
-                    f"FDKT: row {example.id!r}: its text does not appear exactly once in its "
-                    "context, so the task's prompt format cannot be read off it"
-                )
-            templates.add(example.context.replace(example.question, _SLOT))
-        if len(templates) != 1:
-            raise DataError(f"FDKT: the rows use {len(templates)} prompt formats; need one")
-        return cls(tuple(labels), templates.pop())
-
-    def text_and_label(self, example: Example) -> tuple[str, str]:
-        return example.question, self.labels[example.gold]
-
-    def example(self, id: str, label: str, text: str) -> Example:
-        """The task's row for (label, text): context from the template, gold = the label."""
-        return Example(
-            id=id,
-            context=self.template.replace(_SLOT, text),
-            choices=self.labels,
-            gold=self.labels.index(label),
-            question=text,
-        )
-
-
 # ---- client, steps 1-3: format, DP-train the generator, synthesize ------------------------
-
-
-@dataclass(frozen=True)
-class ClientSynthesis:
-    """Steps 1-3's outcome. Only ``texts`` and ``labels`` leave the client; the DP report and
-    the synthesis counts (they describe the private set) stay local."""
-
-    texts: tuple[str, ...]
-    labels: tuple[str, ...]
-    dp: DPReport
-    synthesis: Synthesis
-
-    def local_report(self) -> dict[str, Any]:
-        """The client's own record of what it spent and kept (never sent)."""
-        return {
-            "epsilon": self.dp.epsilon,
-            "delta": self.dp.delta,
-            "target_epsilon": self.dp.target_epsilon,
-            "noise_multiplier": self.dp.noise_multiplier,
-            "sample_rate": self.dp.sample_rate,
-            "dp_steps": self.dp.steps,
-            "private_rows": self.dp.n_rows,
-            "truncated_rows": self.dp.truncated_rows,
-            "noise_source": self.dp.noise_source,
-            "dp_seconds": self.dp.seconds,
-            "dp_first_loss": self.dp.losses[0] if self.dp.losses else float("nan"),
-            "dp_last_loss": self.dp.losses[-1] if self.dp.losses else float("nan"),
-            "synthetic": len(self.texts),
-            "synthesis_rounds": self.synthesis.rounds,
-            "short_labels": self.synthesis.short_labels,
-        }
 
 
 def client_synthesize(
@@ -236,25 +181,62 @@ def client_synthesize(
     *,
     noise: torch.Generator | None,
     seed: int | None,
-) -> ClientSynthesis:
+    canaries: Sequence[Canary] = (),
+    fmt: TaskFormat | None = None,
+    n_choices: int | None = None,
+) -> DPSynthesis:
     """Steps 1-3 on ``generator_model`` (trained in place: pass one with a fresh LoRA adapter,
     fp32 trainable weights). ``noise`` seeds DP-SGD's sampling and noise and ``seed`` the
     sampling of texts: seeded in a simulation, None in a deployment (drawn from `secrets`).
-    A misconfigured target (eps <= 0, delta >= 1/N) is refused before any training."""
-    check_target(settings.eps, settings.delta, len(examples))
-    fmt = LabelFormat.of(examples)
-    prefixes = {label: label_prefix(label, settings.label_field) for label in fmt.labels}
-    rows = [fmt.text_and_label(example) for example in examples]
-    texts = [format_sample(prefixes[label], text) for text, label in rows if text.strip()]
-    report = train_generator_dp(generator_model, tokenizer, texts, settings.dp, generator=noise)
-    backend = TransformersBackend(generator_model, tokenizer)
-    synthesis = synthesize(backend, prefixes, settings.per_label, settings.synthesis, seed=seed)
-    return ClientSynthesis(
-        texts=tuple(s.text for s in synthesis.samples),
-        labels=tuple(s.label for s in synthesis.samples),
-        dp=report,
-        synthesis=synthesis,
+    ``canaries`` (the leakage audit) join the private rows the generator trains on. A
+    misconfigured target (eps <= 0, delta >= 1/N) is refused before any training.
+
+    ``fmt`` is the task's format read off public rows (`task_format` of the evaluation rows)
+    and ``n_choices`` the public number of choices of a multiple-choice task (None: any);
+    without ``fmt`` it is read off ``examples``, as `dp_synthesize` does. A multiple-choice
+    task samples whole items (``.items``) and takes no canaries (they are labelled texts)."""
+    if canaries and isinstance(fmt or task_format(examples), ItemFormat):
+        raise ConfigError(
+            "FDKT's canary audit supports classification tasks only (a canary is a labelled "
+            "text); run a multiple-choice task with canaries = 0"
+        )
+    return dp_synthesize(
+        generator_model,
+        tokenizer,
+        examples,
+        dp=settings.dp,
+        per_label=settings.per_label,
+        synthesis=settings.synthesis,
+        label_field=settings.label_field,
+        noise=noise,
+        seed=seed,
+        extra_texts=[canary.training_text(settings.label_field) for canary in canaries],
+        n_choices=n_choices,
+        fmt=fmt,
     )
+
+
+def client_audit(
+    generator_model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    canaries: Sequence[Canary],
+    sent: Sequence[str],
+    settings: FDKTSettings,
+    seed: int | None,
+) -> dict[str, Any]:
+    """The leakage audit, on the client, after step 3 (beyond the paper; spec's "Leakage
+    audit"): each canary's exposure under the DP-trained generator (its secret ranked among
+    `AUDIT_REFERENCES` other secrets) and whether any canary appears, verbatim or nearly, in
+    the texts the client sends. Stays on the client's disk like its DP report."""
+    exposure = canary_exposure(
+        generator_model,
+        tokenizer,
+        canaries,
+        label_field=settings.label_field,
+        n_references=AUDIT_REFERENCES,
+        seed=seed,
+    )
+    return {"exposure": exposure.as_dict(), "in_sent": canaries_in(sent, canaries).as_dict()}
 
 
 # ---- server, steps 4-5: curate and augment ------------------------------------------------
@@ -262,9 +244,10 @@ def client_synthesize(
 
 @dataclass(frozen=True)
 class ServerAugmentation:
-    """Steps 4-5's outcome: the samples returned to the clients, and the server's counts."""
+    """Steps 4-5's outcome: the samples returned to the clients (labelled texts, or whole
+    items for a multiple-choice task), and the server's counts."""
 
-    items: tuple[LabelledText, ...]
+    items: tuple[Item, ...]
     curation: CurationReport
     report: dict[str, int]
 
@@ -282,7 +265,7 @@ def server_augment(
 
     Without LLM augmentation (``n_prompts = 0``; ``backend`` may then be None) the curated
     synthetic samples themselves are returned. With a `ResponseStore` on disk a restarted run
-    does not answer a prompt twice (prompt ids depend only on the seed and their index).
+    does not answer a prompt twice (a prompt's id is a hash of its position and content).
     """
     if len(texts) != len(labels):
         raise DataError(f"server_augment: {len(texts)} texts but {len(labels)} labels")
@@ -291,61 +274,198 @@ def server_augment(
     unknown = sorted(set(labels) - set(label_names))
     if unknown:
         raise DataError(f"server_augment: labels {unknown} are not the task's {list(label_names)}")
-    vectors = np.asarray(embed(embedder, list(texts)))
-    curated = curate(texts, labels, vectors, settings.curation)
-    pool = [LabelledText(labels[i], texts[i]) for i in curated.kept]
+    samples = [LabelledText(label, text) for label, text in zip(labels, texts, strict=True)]
+    return _curate_and_augment(
+        backend, embedder, texts, labels, samples, list(texts), settings, store,
+        kind="label", label_names=label_names, n_choices=None,
+    )  # fmt: skip
+
+
+def server_zero_shot_augment(
+    backend: Backend,
+    label_names: Sequence[str],
+    settings: FDKTSettings,
+    store: ResponseStore | None = None,
+) -> ServerAugmentation:
+    """The spec's "LLM zero-shot augmentation" baseline: the server's LLM writes samples from
+    the label names and the domain alone, with the same prompt budget as step 5 but no
+    demonstrations, so no client data (nor DP synthetic sample) informs them."""
+    prompts = build_zero_shot_prompts(
+        list(label_names),
+        settings.n_prompts,
+        settings.seed,
+        per_label=settings.new_per_label,
+        field=settings.label_field,
+        domain=settings.domain,
+    )
+    outcome = _answer(backend, prompts, label_names, settings, store, [])
+    return ServerAugmentation(outcome.items, CurationReport(0, {}, 0, 0), outcome.report)
+
+
+def server_augment_items(
+    backend: Backend | None,
+    embedder: Any,
+    items: Sequence[McItem],
+    settings: FDKTSettings,
+    store: ResponseStore | None = None,
+    *,
+    n_choices: int | None = None,
+) -> ServerAugmentation:
+    """Steps 4-5 on the pooled synthetic items of every client (a multiple-choice task).
+
+    The items are embedded as their formatted text (`format_item`: question, choices and
+    answer) and curated as one group (`ITEM_GROUP`: near-duplicates and off-domain items are
+    dropped; the answer letter is no class, so no label-mismatch rule); each prompt shows
+    ``demos_per_label`` kept items, drawn across clusters, and asks for ``new_per_label`` new
+    ones. The answers are parsed as whole items (with ``n_choices``, the task's public number
+    of choices, an item with another count is malformed) and deduped against the pool.
+    Without LLM augmentation (``n_prompts = 0``; ``backend`` may be None) the curated items
+    themselves are returned.
+    """
+    if not items:
+        raise DataError("server_augment_items: no synthetic items arrived; nothing to curate")
+    texts = [format_item(item) for item in items]
+    return _curate_and_augment(
+        backend, embedder, texts, [ITEM_GROUP] * len(items), list(items), list(items), settings,
+        store, kind="mc", label_names=(), n_choices=n_choices,
+    )  # fmt: skip
+
+
+def _curate_and_augment(
+    backend: Backend | None,
+    embedder: Any,
+    texts: Sequence[str],
+    groups: Sequence[str],
+    samples: Sequence[Item],
+    demos: Sequence[str | McItem],
+    settings: FDKTSettings,
+    store: ResponseStore | None,
+    *,
+    kind: Kind,
+    label_names: Sequence[str],
+    n_choices: int | None,
+) -> ServerAugmentation:
+    """Steps 4-5 for either kind: curate ``texts`` (sample i's text, in group i), then (with
+    the LLM) prompt with demonstrations ``demos`` of the kept samples, drawn across clusters,
+    and parse the answers, deduped against them."""
+    curated = curate(texts, groups, np.asarray(embed(embedder, list(texts))), settings.curation)
+    pool = [samples[i] for i in curated.kept]
     if not settings.uses_llm:
         return ServerAugmentation(tuple(pool), curated.report, {"kept": len(pool)})
     if backend is None:
-        raise ConfigError("server_augment: n_prompts > 0 needs the LLM's backend")
-    pools, clusters = pools_by_label(curated, list(texts))
+        raise ConfigError("FDKT's server: n_prompts > 0 needs the LLM's backend")
+    pools, clusters = pools_by_label(curated, list(demos))
     prompts = build_prompts(
         pools,
         settings.n_prompts,
         settings.demos_per_label,
         settings.seed,
-        "label",
+        kind,
         clusters_by_label=clusters,
         per_label=settings.new_per_label,
         field=settings.label_field,
         domain=settings.domain,
     )
-    # Ids by content: a restarted run (whose synthetic pool, and so prompts, may differ when
-    # its seeds are secret) reuses an answer only for the very same prompt.
-    unique = {_prompt_id(p.prompt): p.prompt for p in prompts}
+    kept_demos = [demos[i] for i in curated.kept]
+    outcome = _answer(
+        backend, prompts, label_names, settings, store, kept_demos, kind=kind, n_choices=n_choices
+    )
+    return ServerAugmentation(outcome.items, curated.report, outcome.report)
+
+
+def server_zero_shot_augment_items(
+    backend: Backend,
+    settings: FDKTSettings,
+    store: ResponseStore | None = None,
+    *,
+    n_choices: int | None = None,
+) -> ServerAugmentation:
+    """`server_zero_shot_augment` for a multiple-choice task: the LLM writes whole items
+    from the domain (and the task's public number of choices) alone, ``new_per_label`` per
+    prompt, no demonstrations."""
+    prompts = build_zero_shot_item_prompts(
+        settings.n_prompts,
+        n_new=settings.new_per_label,
+        n_choices=n_choices,
+        domain=settings.domain,
+    )
+    outcome = _answer(backend, prompts, (), settings, store, [], kind="mc", n_choices=n_choices)
+    return ServerAugmentation(outcome.items, CurationReport(0, {}, 0, 0), outcome.report)
+
+
+@dataclass(frozen=True)
+class _Answered:
+    items: tuple[Item, ...]
+    report: dict[str, int]
+
+
+def _answer(
+    backend: Backend,
+    prompts: Sequence[Request],
+    label_names: Sequence[str],
+    settings: FDKTSettings,
+    store: ResponseStore | None,
+    demonstrations: Sequence[str | Item],
+    *,
+    kind: Kind = "label",
+    n_choices: int | None = None,
+) -> _Answered:
+    """The LLM answers ``prompts`` (resumably), parsed into labelled texts (``kind="mc"``:
+    whole items), deduped against ``demonstrations``."""
+    # Ids by content and position: a restarted run (whose synthetic pool, and so prompts, may
+    # differ when its seeds are secret) reuses an answer only for the very same prompt.
+    unique = {_prompt_id(i, p.prompt): p.prompt for i, p in enumerate(prompts)}
     outcome = augment(
         backend,
         [Request(key, prompt) for key, prompt in unique.items()],
         settings.augmentation,
         store,
         labels=list(label_names),
+        kind=kind,
         field=settings.label_field,
         min_words=settings.min_words,
-        demonstrations=[item.text for item in pool],
+        n_choices=n_choices,
+        demonstrations=demonstrations,
         dedupe_threshold=settings.dedupe_threshold,
     )
-    items = tuple(item for item in outcome.items if isinstance(item, LabelledText))
-    return ServerAugmentation(items, curated.report, dict(Counter(outcome.report)))
+    wanted = McItem if kind == "mc" else LabelledText
+    items = tuple(item for item in outcome.items if isinstance(item, wanted))
+    return _Answered(items, dict(Counter(outcome.report)))
 
 
-def _prompt_id(prompt: str) -> str:
-    return "aug-" + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:24]
+def _prompt_id(index: int, prompt: str) -> str:
+    return "aug-" + hashlib.sha256(f"{index}\n{prompt}".encode()).hexdigest()[:24]
 
 
 # ---- client, step 6: train the SLM --------------------------------------------------------
 
 
 def training_examples(
-    examples: Sequence[Example], received: Sequence[LabelledText]
+    examples: Sequence[Example], received: Sequence[Item], fmt: TaskFormat | None = None
 ) -> list[Example]:
-    """The private examples followed by the received samples as the task's own rows (a
-    received label the task does not have is skipped)."""
-    fmt = LabelFormat.of(examples)
-    extra = [
-        fmt.example(f"augmented-{i}", item.label, item.text)
-        for i, item in enumerate(received)
-        if item.label in fmt.labels and item.text.strip()
-    ]
+    """The private examples followed by the received samples as the task's own rows.
+
+    ``fmt`` is the task's format (pass the one read off public rows; None: read off
+    ``examples``). Classification: a received label the task does not have, or an empty
+    text, is skipped. Multiple choice: each item becomes a row through `ItemFormat.example`
+    (one the format cannot write, e.g. more than 26 choices in a lettered format, is
+    skipped). A received sample of the other kind is refused (`DataError`).
+    """
+    fmt = fmt or task_format(examples)
+    extra: list[Example] = []
+    for i, item in enumerate(received):
+        row_id = f"augmented-{i}"
+        if isinstance(fmt, ItemFormat):
+            if not isinstance(item, McItem):
+                raise DataError(f"FDKT: received {type(item).__name__}s for a multiple-choice task")
+            try:
+                extra.append(fmt.example(row_id, item))
+            except DataError:
+                continue
+        elif not isinstance(item, LabelledText):
+            raise DataError(f"FDKT: received {type(item).__name__}s for a classification task")
+        elif item.label in fmt.labels and item.text.strip():
+            extra.append(fmt.example(row_id, item.label, item.text))
     return [*examples, *extra]
 
 
@@ -353,10 +473,54 @@ def client_train(
     slm: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
-    received: Sequence[LabelledText],
+    received: Sequence[Item],
     settings: FDKTSettings,
+    fmt: TaskFormat | None = None,
 ) -> TrainReport:
-    """Step 6: answer-only training of the SLM (LoRA) on private + received examples."""
+    """Step 6: answer-only training of the SLM (LoRA) on private + received examples (``fmt``:
+    the task's format, read off public rows; None: off ``examples``)."""
     return train_answer_only(
-        slm, tokenizer, training_examples(examples, received), settings.train, progress=False
+        slm, tokenizer, training_examples(examples, received, fmt), settings.train, progress=False
     )
+
+
+class PublicFormat:
+    """The task's format, label names and choice count, read off public rows (the evaluation
+    rows; never a client's private ones, so what a client sends stays post-processing of its
+    DP generator). A mixin: the class gives `public_rows`."""
+
+    @property
+    def public_rows(self) -> Sequence[Example]:
+        raise NotImplementedError
+
+    @property
+    def format(self) -> TaskFormat:
+        return task_format(self.public_rows)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """A classification task's label names; () for a multiple-choice task."""
+        fmt = self.format
+        return fmt.labels if isinstance(fmt, LabelFormat) else ()
+
+    @property
+    def n_choices(self) -> int | None:
+        """A multiple-choice task's number of choices when every public row has the same,
+        else None (items with any number pass); None for classification."""
+        return public_n_choices(self.format, self.public_rows)
+
+
+def public_n_choices(fmt: TaskFormat, public: Sequence[Example]) -> int | None:
+    """A multiple-choice task's number of choices, read off its public rows (e.g. the
+    evaluation rows; never a client's private ones): the count every row has, or None when
+    they differ (items with any number pass). None for classification."""
+    if not isinstance(fmt, ItemFormat):
+        return None
+    counts = {len(row.choices) for row in public}
+    return counts.pop() if len(counts) == 1 else None
+
+
+def sample_text(sample: Item) -> str:
+    """What a sample says, as compared with rows (the leakage audit's DCR): a labelled text's
+    text, or an item's one formatted line (`format_item`)."""
+    return format_item(sample) if isinstance(sample, McItem) else sample.text

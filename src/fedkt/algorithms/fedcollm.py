@@ -7,6 +7,13 @@ State. The server holds the LLM f (frozen base, its own LoRA adapter omega) and 
 SLM g (frozen base, global LoRA adapter theta). Client k holds the SLM base and private D_k;
 the server also holds a small public set D_a. LLM and SLM share one tokenizer.
 
+Without public data (``aux_source = "dp_synthetic"``, beyond the paper), D_a is made once,
+before round 1, from the clients' DP synthetic samples:
+  0. client k DP-trains a fresh generator adapter on D_k (DP-SGD, `fedkt.training.
+     dp_synthesis`), samples texts per label and sends only (label, text) pairs; the server
+     turns the pooled pairs into the task's own rows (`aux_examples`). Every later use of
+     D_a is post-processing, so each client's D_k keeps the generator's (eps, delta).
+
 One round t:
   1. broadcast        theta_k <- theta                                  (server -> clients)
   2. client update    theta_k <- train E epochs on D_k, CE on answers;  send (theta_k, n_k)
@@ -17,17 +24,18 @@ One round t:
                       theta are updated together (one AdamW each).
   5. theta (distilled) is what the clients receive next round; omega never leaves the server.
 
-Only LoRA tensors and example counts cross the client/server boundary. This module is the
-protocol as plain functions (the Flower adapter only moves their inputs and outputs); it
-avoids the reference code's bugs: the KD target is the teacher's probabilities, each student
-keeps its gradient, the answer mask is the CE mask, and the distilled theta is what goes out.
+Only LoRA tensors and example counts cross the client/server boundary (and, in step 0, DP
+synthetic texts with their labels). This module is the protocol as plain functions (the
+Flower adapter only moves their inputs and outputs); it avoids the reference code's bugs:
+the KD target is the teacher's probabilities, each student keeps its gradient, the answer mask
+is the CE mask, and the distilled theta is what goes out.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
@@ -39,7 +47,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup, set_seed
 
 from fedkt.data import Example
+from fedkt.data.formats import LabelFormat
+from fedkt.data.synthetic import label_prefix
 from fedkt.errors import ConfigError, DataError, FedktError, ModelError, TokenizerMismatchError
+from fedkt.generation.synthesis import SynthesisSettings
 from fedkt.models import (
     LoraSettings,
     adapter_state,
@@ -59,10 +70,39 @@ from fedkt.training import (
     kd_loss,
     train_answer_only,
 )
+from fedkt.training.dp_generator import DPSettings
+from fedkt.training.dp_synthesis import DPSynthesis, dp_synthesize
 
 Adapter = dict[str, torch.Tensor]
 Aggregation = Literal["uniform", "weighted"]
+AuxSource = Literal["public", "dp_synthetic"]
 _Side = tuple[nn.Module, torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]
+
+
+@dataclass(frozen=True)
+class DPAuxSettings:
+    """How the clients make D_a when the server has no public data (step 0).
+
+    Args:
+        dp: DP-SGD of each client's generator (target eps, delta < 1/N, epochs, batch, lr,
+            clipping, tokens per row).
+        per_label: synthetic texts each client samples per label (every label of the task).
+        synthesis: sampling (temperature 1, top-p 0.9) and the kept texts' lengths.
+        label_field: the generator's label prefix, e.g. "Topic" -> "Topic: World | Text:".
+        seed: seeds each client's DP noise and sampling (derived per client): a simulation;
+            None draws them from `secrets` (a deployment: nobody can replay the noise).
+    """
+
+    dp: DPSettings = field(default_factory=DPSettings)
+    per_label: int = 20
+    synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
+    label_field: str = "Label"
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.per_label < 1:
+            raise ConfigError(f"DPAuxSettings: per_label={self.per_label} must be >= 1.")
+        label_prefix("label", self.label_field)  # a field the prefix cannot hold fails here
 
 
 @dataclass(frozen=True)
@@ -82,6 +122,9 @@ class FedCoLLMSettings:
         seed: seeds the public batch order and dropout (derived per round) and the LoRA
             initialisation of both server models.
         distil: run step 4; False is FedAvg (the same rounds without distillation).
+        aux_source: where D_a comes from: "public" (the server's public rows) or
+            "dp_synthetic" (the clients' DP synthetic samples, step 0; classification only).
+        dp_aux: step 0's settings (used only with aux_source = "dp_synthetic").
         client: local training of the clients. The server's two optimisers reuse its betas,
             weight decay, warmup ratio, clip norm and max length (one set in the paper).
         lora: the LoRA adapters of both models.
@@ -98,6 +141,8 @@ class FedCoLLMSettings:
     slm_lr: float = 3e-4
     seed: int = 0
     distil: bool = True
+    aux_source: AuxSource = "public"
+    dp_aux: DPAuxSettings = field(default_factory=DPAuxSettings)
     client: TrainSettings = field(default_factory=TrainSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
@@ -110,6 +155,7 @@ class FedCoLLMSettings:
             "kd_steps": self.kd_steps >= 1,
             "kd_batch_size": self.kd_batch_size >= 1,
             "aggregation": self.aggregation in ("uniform", "weighted"),
+            "aux_source": self.aux_source in ("public", "dp_synthetic"),
             "llm_lr": self.llm_lr > 0,
             "slm_lr": self.slm_lr > 0,
         }
@@ -119,7 +165,8 @@ class FedCoLLMSettings:
             raise ConfigError(
                 f"FedCoLLMSettings: out of range: {values}. Need rounds, kd_steps, "
                 "kd_batch_size >= 1; kd_lambda >= 0; kd_temperature, llm_lr, slm_lr > 0; "
-                "kd_top_k None or >= 1; aggregation 'uniform' or 'weighted'."
+                "kd_top_k None or >= 1; aggregation 'uniform' or 'weighted'; aux_source "
+                "'public' or 'dp_synthetic'."
             )
 
 
@@ -207,7 +254,61 @@ def client_update(
     return ClientUpdate(adapter=adapter_state(slm), n_examples=len(examples), report=report)
 
 
+def client_aux_synthesis(
+    generator: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    settings: DPAuxSettings,
+    partition: int,
+) -> DPSynthesis:
+    """Step 0 on client ``partition``: DP-train ``generator`` in place (pass one with a fresh
+    LoRA adapter, fp32 trainable weights) on its private rows and sample texts per label.
+
+    Only the returned ``texts`` and ``labels`` may leave the client; its DP report counts the
+    private rows and stays local. The noise and the sampling are seeded per client from
+    ``settings.seed``, or drawn from `secrets` when it is None. A target with delta >= 1/N is
+    refused before any training.
+    """
+    noise, seed = None, None
+    if settings.seed is not None:
+        noise = torch.Generator().manual_seed(derive_seed(settings.seed, partition, 1))
+        seed = derive_seed(settings.seed, partition, 2)
+    return dp_synthesize(
+        generator,
+        tokenizer,
+        examples,
+        dp=settings.dp,
+        per_label=settings.per_label,
+        synthesis=settings.synthesis,
+        label_field=settings.label_field,
+        noise=noise,
+        seed=seed,
+    )
+
+
 # -- server ----------------------------------------------------------------------------------
+
+
+def aux_examples(pairs: Iterable[tuple[str, str]], fmt: LabelFormat) -> tuple[Example, ...]:
+    """Step 0 on the server: D_a as the task's own rows, one per distinct (label, text) pair.
+
+    ``fmt`` is read off rows the server holds (the public evaluation rows). The pairs are
+    sorted, so D_a does not depend on the order the clients' replies arrived in. A label the
+    task does not have is a malformed reply; no usable pair at all is refused with the fix.
+    """
+    unique = sorted({(label, text) for label, text in pairs if text.strip()})
+    unknown = sorted({label for label, _ in unique} - set(fmt.labels))
+    if unknown:
+        raise FedktError(
+            f"malformed FedCoLLM samples: labels {unknown[:3]} are not the task's "
+            f"{list(fmt.labels)}"
+        )
+    if not unique:
+        raise DataError(
+            "the clients sent no DP synthetic samples, so the server has no auxiliary set: "
+            "raise dp_aux.per_label or the synthesis length, or lower its min_words."
+        )
+    return tuple(fmt.example(f"aux{i}", label, text) for i, (label, text) in enumerate(unique))
 
 
 def aggregate_adapters(updates: Sequence[ClientUpdate], how: Aggregation = "uniform") -> Adapter:

@@ -85,6 +85,24 @@ _INSTRUCTION = {
         "and nothing else."
     ),
 }
+_ZERO_SHOT_INSTRUCTION = (
+    "You write training samples for a text classification task{domain}. Write {per_label} "
+    "samples for each label. Each sample must clearly fit its label and read like a real "
+    "sample of this domain, and the samples must differ from each other.\n"
+    "Write one sample per line, exactly in the format\n"
+    "{format}\n"
+    "and nothing else. The labels are: {labels}."
+)
+"""The spec's "LLM zero-shot augmentation" baseline: the same task, no demonstrations."""
+_ZERO_SHOT_MC_INSTRUCTION = (
+    "You write new multiple-choice questions{domain}. Write {n_new} items, each with "
+    "{choices} and exactly one correct answer. The items must read like real questions of "
+    "this domain and differ from each other.\n"
+    "Write one item per line, exactly in the format\n"
+    "{format}\n"
+    "and nothing else."
+)
+"""The zero-shot baseline for a multiple-choice task: items from the domain alone."""
 _MC_FORMAT = "Question: <question> | Choices: A) <choice> B) <choice> ... | Answer: <letter>"
 _HEADINGS = {"label": ("Examples:", "New samples:"), "mc": ("Examples:", "New items:")}
 
@@ -151,6 +169,66 @@ def build_prompts(
         prompt = f"{header}\n\n{examples}\n" + "\n".join(lines) + f"\n\n{new}\n"
         requests.append(Request(f"{id_prefix}{index}", prompt))
     return requests
+
+
+def build_zero_shot_prompts(
+    labels: Sequence[str],
+    n_prompts: int,
+    seed: int = 0,
+    *,
+    per_label: int = 5,
+    field: str = "Label",
+    domain: str = "",
+    id_prefix: str = "zero-shot",
+) -> list[Request]:
+    """``n_prompts`` prompts asking for ``per_label`` samples of each label with no
+    demonstrations at all: the "public LLM data" approach FDKT argues against, which knows the
+    task only by its label names and ``domain``. Each prompt lists the labels in its own
+    seeded order (prompt ``i`` depends only on ``seed`` and ``i``), so the prompts differ and
+    a `ResponseStore` answers each once."""
+    _check_prompt_args({label: [label] for label in labels}, n_prompts, 1, "label", per_label)
+    from fedkt.generation import Request
+
+    requests = []
+    for index in range(n_prompts):
+        order = np.random.default_rng([seed, index]).permutation(len(labels))
+        prompt = _ZERO_SHOT_INSTRUCTION.format(
+            domain=f" {domain.strip()}" if domain.strip() else "",
+            per_label=per_label,
+            format=f"{label_prefix('<label>', field)} <text>",
+            labels=", ".join(str(labels[i]) for i in order),
+        )
+        requests.append(Request(f"{id_prefix}{index}", f"{prompt}\n\n{_HEADINGS['label'][1]}\n"))
+    return requests
+
+
+def build_zero_shot_item_prompts(
+    n_prompts: int,
+    *,
+    n_new: int = 5,
+    n_choices: int | None = None,
+    domain: str = "",
+    id_prefix: str = "zero-shot",
+) -> list[Request]:
+    """`build_zero_shot_prompts` for a multiple-choice task: ``n_prompts`` prompts asking
+    for ``n_new`` whole items each (``n_choices`` choices when given, else "two or more"),
+    in the line format `parse_augmented` reads with ``kind="mc"``, knowing the task only by
+    ``domain`` (e.g. "of grade-school science"). With no labels to vary, the prompts are the
+    same text under different ids (``f"{id_prefix}{i}"``): a sampling LLM answers each
+    anew, and a `ResponseStore` answers each once."""
+    _check_prompt_args({"item": ["item"]}, n_prompts, 1, "mc", n_new)
+    if n_choices is not None and n_choices < 2:
+        raise ConfigError(f"build_zero_shot_item_prompts: n_choices={n_choices} (need >= 2)")
+    from fedkt.generation import Request
+
+    prompt = _ZERO_SHOT_MC_INSTRUCTION.format(
+        domain=f" {domain.strip()}" if domain.strip() else "",
+        n_new=n_new,
+        choices="two or more choices" if n_choices is None else f"exactly {n_choices} choices",
+        format=_MC_FORMAT,
+    )
+    text = f"{prompt}\n\n{_HEADINGS['mc'][1]}\n"
+    return [Request(f"{id_prefix}{index}", text) for index in range(n_prompts)]
 
 
 def _check_prompt_args(
@@ -286,7 +364,8 @@ def _mc_candidates(
     before = cleaned[: starts[0]] if starts else cleaned
     report["chatter"] += sum(1 for line in before.splitlines() if line.strip())
     found: list[McItem] = []
-    for start, end in zip(starts, [*starts[1:], len(cleaned)], strict=True):
+    ends = [*starts[1:], len(cleaned)] if starts else []  # no "Question:": no item at all
+    for start, end in zip(starts, ends, strict=True):
         chunk = cleaned[start:end]
         answer = _ANSWER.search(chunk)
         if answer is None:

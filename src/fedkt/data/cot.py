@@ -16,6 +16,10 @@ Only strings live here; perturbation is `fedkt.privacy`'s job and training is
   the contexts here end at ``"Answer:"`` / ``"Rationale:"`` and the space comes from
   `Example.training_pair`: training and log-likelihood scoring see the same token boundary,
   and the explain target reads like the ``"Rationale: ..."`` lines of the prompts.
+- Only the private fields of a question are perturbed (`private_fields`): the question and,
+  for multiple choice, the choices. The template ("Choices:", separators, the instruction,
+  the worked example) and a classification task's label names are public and go out as
+  they are (`render_fields` puts the perturbed fields back into the template).
 - Derived examples keep the source id unchanged: predict and explain examples live in
   separate lists, and `train_multitask` pairs a question's two tasks by that shared id.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import string
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedkt.data.example import Example
@@ -133,6 +138,41 @@ def render_question(example: Example) -> str:
             "so load examples with fedkt.data.load_examples (its tasks fill `question`)"
         )
     return _render(example.question, example.choices)
+
+
+def private_fields(example: Example, label_names: Sequence[str] = ()) -> tuple[str, ...]:
+    """The private parts of `render_question` (what a client perturbs and counts eps for).
+
+    The question, and for multiple choice its choices; the template ("Choices:", the
+    separators) is public. So are a classification task's label names: a row whose choices
+    are exactly ``label_names`` keeps them in clear (see `label_names`).
+    """
+    render_question(example)  # refuses a row without question text
+    if example.choices and tuple(example.choices) != tuple(label_names):
+        return (example.question, *example.choices)
+    return (example.question,)
+
+
+def render_fields(example: Example, fields: Sequence[str]) -> str:
+    """`render_question` of ``example`` with its `private_fields` replaced by ``fields`` (e.g.
+    their perturbed texts), in the same order."""
+    if len(fields) not in (1, 1 + len(example.choices)):
+        raise DataError(
+            f"example {example.id!r}: render_fields got {len(fields)} fields; give the "
+            f"question alone or the question and its {len(example.choices)} choices"
+        )
+    question, *choices = fields
+    return _render(question, tuple(choices) if choices else example.choices)
+
+
+def label_names(examples: Sequence[Example]) -> tuple[str, ...]:
+    """A classification task's label names: the choices every row shares (at least two rows,
+    e.g. AG News's topics), public by nature; ``()`` for multiple choice or generative rows."""
+    rows = list(examples)
+    if len(rows) < 2 or not rows[0].choices:
+        return ()
+    first = tuple(rows[0].choices)
+    return first if all(tuple(row.choices) == first for row in rows) else ()
 
 
 def rationale_request(perturbed_question: str, kind: str) -> str:

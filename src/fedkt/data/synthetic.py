@@ -16,6 +16,8 @@ strings live here; training is `fedkt.training.train_generator_dp`'s job and sam
   ``"Question: ... | Choices: A) ... B) ... | Answer: B"``. `parse_item` takes only
   well-formed items (non-empty question, two or more distinct non-empty choices lettered A,
   B, C, ... in order, the answer one of those letters) and returns None for anything else.
+  `clean_item` reads a generator's continuation of the bare `ITEM_PREFIX` the same way
+  `clean_synthetic` reads a labelled text: echoes stripped, cut where a next item begins.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ ITEM_PREFIX = "Question:"
 
 DROP_REASONS = ("empty", "too_short", "too_long")
 """Why `clean_synthetic` drops a text (the synthesis reports count each)."""
+
+ITEM_DROP_REASONS = ("empty", "malformed", "choice_count", "too_short", "too_long")
+"""Why `clean_item` drops a generated item (the synthesis reports count each)."""
 
 
 def label_prefix(label: str, field: str = "Label") -> str:
@@ -196,6 +201,37 @@ def parse_item(text: str) -> McItem | None:
     if answer >= len(choices):
         return None
     return McItem(question, choices, answer)
+
+
+def clean_item(
+    text: str, rule: SyntheticFilter, *, n_choices: int | None = None
+) -> tuple[McItem | None, str]:
+    """(item, "kept") or (None, reason), reason one of `ITEM_DROP_REASONS`.
+
+    ``text`` is what a generator wrote after the bare `ITEM_PREFIX`. Leading echoes of the
+    prefix are stripped, the text is cut where a next item begins (another `ITEM_PREFIX`), and
+    what remains must parse (`parse_item`: "malformed" otherwise). With ``n_choices`` an item
+    with another number of choices is "choice_count". A question with fewer than
+    ``rule.min_words`` words is "too_short"; an item (question and choices) with more than
+    ``rule.max_words`` words is "too_long".
+    """
+    body = text.strip()
+    while body.startswith(ITEM_PREFIX):
+        body = body[len(ITEM_PREFIX) :].lstrip()
+    cut = body.find(ITEM_PREFIX)
+    body = body[:cut] if cut >= 0 else body
+    if not body.strip():
+        return None, "empty"
+    item = parse_item(f"{ITEM_PREFIX} {body}")
+    if item is None:
+        return None, "malformed"
+    if n_choices is not None and len(item.choices) != n_choices:
+        return None, "choice_count"
+    if len(item.question.split()) < rule.min_words:
+        return None, "too_short"
+    if len(item.question.split()) + sum(len(c.split()) for c in item.choices) > rule.max_words:
+        return None, "too_long"
+    return item, "kept"
 
 
 def _fields(prefixes: Iterable[str]) -> list[str]:

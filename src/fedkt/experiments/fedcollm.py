@@ -7,6 +7,12 @@ show (per-client scores, per-round curves, bytes). None means the method does no
 model. Training budgets match: a non-federated model trains ``rounds x epochs`` epochs, as
 many as a client does over the whole federation, and every method starts from the same seeded
 adapter (theta_0) as the federation's server.
+
+Beyond the paper, ``fedcollm_dp_aux`` is FedCoLLM without public data: the server distils on
+the clients' DP synthetic samples instead of the public part (classification tasks), run
+beside ``fedcollm`` on the same rows; its "privacy" entry holds the eps each client's
+accountant spent, read back from the clients' own report files (a simulation shares their
+disk). ``[fedcollm] aux_source = "dp_synthetic"`` makes ``fedcollm`` itself that method.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedkt.algorithms.fedcollm import Adapter, FedCoLLMSettings, ServerModels, client_training
 from fedkt.config import FedktConfig
+from fedkt.data.formats import LabelFormat
+from fedkt.errors import ConfigError
 from fedkt.experiments.harness import (
     Claim,
     Outcome,
@@ -30,14 +38,22 @@ from fedkt.experiments.harness import (
     Scoreboard,
     Scores,
     TaskData,
+    dp_privacy,
     method_dir,
     run_methods,
     save_adapter,
 )
 from fedkt.experiments.summary import band, errorbar, plot_tasks
-from fedkt.federation.fedcollm import FederationResult, FederationSpec, simulate_fedcollm
+from fedkt.federation.fedcollm import (
+    FederationResult,
+    FederationSpec,
+    simulate_fedcollm,
+)
+from fedkt.federation.reports import read_report, report_path
 from fedkt.jobs import load_for, placement
 from fedkt.models import adapter_state, add_lora, load_adapter_state
+from fedkt.privacy.accounting import check_target
+from fedkt.report import write_jsonl
 from fedkt.training import TrainReport, TrainSettings, train_answer_only
 
 CLAIMS = (
@@ -47,9 +63,15 @@ CLAIMS = (
     Claim("slm", "fedcollm", "zero_shot"),
     Claim("llm", "fedcollm", "zero_shot"),
     Claim("llm", "fedcollm", "centralized", non_inferior=True),
+    Claim("slm", "fedcollm_dp_aux", "fedcollm", non_inferior=True),
+    Claim("llm", "fedcollm_dp_aux", "fedcollm", non_inferior=True),
+    Claim("slm", "fedcollm_dp_aux", "fedavg"),
+    Claim("llm", "fedcollm_dp_aux", "zero_shot"),
 )
 """The paper's claims: the client SLM ranks FedCoLLM > FedAvg > standalone > zero-shot, and
-the LLM after FedCoLLM keeps (nearly) centralized accuracy."""
+the LLM after FedCoLLM keeps (nearly) centralized accuracy. Without public data (beyond the
+paper): FedCoLLM on DP synthetic samples keeps (nearly) the accuracy of FedCoLLM on the public
+part, and still beats FedAvg (SLM) and zero-shot (LLM)."""
 
 
 @dataclass
@@ -68,13 +90,19 @@ class FedCoLLMTask:
 
     @classmethod
     def load(cls, config: FedktConfig, task: str, resume: bool = False) -> FedCoLLMTask:
+        """The rows; with DP synthetic aux data, refuses a non-classification task and a
+        delta >= 1/N for the smallest client before any model is loaded."""
         data = TaskData.load(config, task)
+        if _uses_dp_aux(config):
+            LabelFormat.of(data.evaluation)
+            smallest = min(len(part) for part in data.clients)
+            check_target(config.fedcollm.eps, config.fedcollm.delta, smallest)
         return cls(config, data, Scoreboard(config, task, data.evaluation), resume)
 
     def save(self, label: str, model: PeftModel, *parts: str) -> None:
         """Save ``model``'s adapter under the method's folder (baselines' only when
         ``federation.baseline_adapters``; FedCoLLM's own always)."""
-        if label == "fedcollm" or self.config.federation.baseline_adapters:
+        if label.startswith("fedcollm") or self.config.federation.baseline_adapters:
             save_adapter(model, method_dir(self.config, self.data.task, label).joinpath(*parts))
 
     @property
@@ -134,34 +162,44 @@ class FedCoLLMTask:
             return point
 
         spec = dataclasses.replace(
-            self.federation_spec(),
-            settings=settings,
-            checkpoint=str(
-                method_dir(self.config, self.data.task, label) / "checkpoint.safetensors"
-            ),
+            self.federation_spec(settings, label),
+            checkpoint=str(self.folder(label) / "checkpoint.safetensors"),
             resume=self.resume,
         )
         result = simulate_fedcollm(spec, after_round=after_round)
         self.board.restore(label)  # rows scored before a --resume, if any
         return result, [point for point in result.after_round if point is not None]
 
-    def federation_spec(self) -> FederationSpec:
-        federation = self.config.federation
+    def federation_spec(
+        self, settings: FedCoLLMSettings | None = None, label: str = "fedcollm"
+    ) -> FederationSpec:
+        """The run ``label`` with ``settings`` (default: the config's). With DP synthetic aux
+        data the server gets no public rows, only the task's format (read off the public
+        evaluation rows), and each client writes its DP report under the method's folder."""
+        federation, settings = self.config.federation, settings or self.settings
         dtype, device = placement(self.config)
+        no_public = settings.distil and settings.aux_source == "dp_synthetic"
         return FederationSpec(
             llm=federation.llm,
             slm=federation.slm,
             client_data=tuple(tuple(part) for part in self.data.clients),
-            public_data=tuple(self.data.public),
-            settings=self.settings,
+            public_data=() if no_public else tuple(self.data.public),
+            settings=settings,
             dtype=dtype,
             device=device,
             client_cpus=federation.client_cpus,
             client_gpus=federation.client_gpus,
+            aux_format=LabelFormat.of(self.data.evaluation) if no_public else None,
+            generator=self.config.fedcollm.generator,
+            reports_dir=str(self.folder(label) / "client-reports") if no_public else None,
         )
 
+    def folder(self, label: str) -> Path:
+        """Where method ``label``'s adapters, checkpoint and reports go."""
+        return method_dir(self.config, self.data.task, label)
 
-# ---- the five methods ---------------------------------------------------------------------
+
+# ---- the methods ---------------------------------------------------------------------------
 
 
 def zero_shot(run: FedCoLLMTask) -> Outcome:
@@ -218,11 +256,37 @@ def fedavg(run: FedCoLLMTask) -> Outcome:
 
 def fedcollm(run: FedCoLLMTask) -> Outcome:
     """The protocol, with the LLM and the global SLM scored after every round when
-    ``federation.eval_every_round`` is set (else after the last)."""
+    ``federation.eval_every_round`` is set (else after the last); D_a as
+    ``[fedcollm] aux_source`` says (the public part by default)."""
+    return _cotune(run, "fedcollm", run.settings)
+
+
+def fedcollm_dp_aux(run: FedCoLLMTask) -> Outcome:
+    """FedCoLLM without public data: before round 1 every client DP-trains a generator on its
+    rows and sends synthetic (label, text) pairs, the server's D_a for every round."""
+    settings = dataclasses.replace(run.settings, aux_source="dp_synthetic")
+    return _cotune(run, "fedcollm_dp_aux", settings)
+
+
+def _cotune(run: FedCoLLMTask, label: str, settings: FedCoLLMSettings) -> Outcome:
     every_round = run.config.federation.eval_every_round
-    result, curve = run.federate("fedcollm", run.settings, ("llm", "slm"), every_round)
+    result, curve = run.federate(label, settings, ("llm", "slm"), every_round)
     final = curve[-1]
-    return {"llm": final["llm"], "slm": final["slm"], "curve": curve, **_communication(result)}
+    outcome = {"llm": final["llm"], "slm": final["slm"], "curve": curve}
+    if result.aux is None:
+        return outcome | _communication(result)
+    folder = run.folder(label)
+    rows = [{"label": ex.choices[ex.gold], "text": ex.question} for ex in result.aux.examples]
+    write_jsonl(folder / "server" / "aux.jsonl", rows)  # DP synthetic: not private
+    reports = [
+        read_report(report_path(str(folder / "client-reports"), k))
+        for k in range(len(run.data.clients))
+    ]
+    return outcome | {
+        "privacy": dp_privacy(reports, settings.dp_aux.dp.target_epsilon, settings.dp_aux.dp.delta),
+        "aux_rows": len(rows),
+        **_communication(result),
+    }
 
 
 METHODS: dict[str, Callable[[FedCoLLMTask], Outcome]] = {
@@ -231,7 +295,22 @@ METHODS: dict[str, Callable[[FedCoLLMTask], Outcome]] = {
     "fedavg": fedavg,
     "centralized": centralized,
     "fedcollm": fedcollm,
+    "fedcollm_dp_aux": fedcollm_dp_aux,
 }
+
+
+def _uses_dp_aux(config: FedktConfig) -> bool:
+    """Whether a method of this run distils on DP synthetic samples; refuses running
+    ``fedcollm_dp_aux`` beside a ``fedcollm`` that already does (the same run twice)."""
+    names = config.federation.baselines
+    own = config.fedcollm.aux_source == "dp_synthetic" and "fedcollm" in names
+    if own and "fedcollm_dp_aux" in names:
+        raise ConfigError(
+            "federation.baselines has fedcollm_dp_aux, but fedcollm.aux_source = "
+            "'dp_synthetic' makes fedcollm the same method: drop one, or set aux_source = "
+            "'public' to compare FedCoLLM with and without public data."
+        )
+    return own or "fedcollm_dp_aux" in names
 
 
 def run_fedcollm_experiment(config: FedktConfig, *, resume: bool = False) -> dict[str, Any]:
@@ -258,10 +337,14 @@ def _summary(report: TrainReport) -> dict[str, float]:
 
 
 def _communication(result: FederationResult) -> dict[str, Any]:
-    """Payload bytes per round and client (partition id), both directions, and the total."""
+    """Payload bytes per round and client (partition id), both directions, and the total
+    (with the DP aux query's bytes, all clients together, where there was one)."""
     rounds = [dataclasses.asdict(record) for record in result.rounds]
     total = sum(r.total_bytes_down + r.total_bytes_up for r in result.rounds)
-    return {"rounds": rounds, "total_bytes": total}
+    if result.aux is None:
+        return {"rounds": rounds, "total_bytes": total}
+    query = {"bytes_down": result.aux.bytes_down, "bytes_up": result.aux.bytes_up}
+    return {"rounds": rounds, "aux_query": query, "total_bytes": total + sum(query.values())}
 
 
 # ---- the plot -----------------------------------------------------------------------------
@@ -281,19 +364,23 @@ def plot_fedcollm(results: dict[str, Any], path: Path) -> Path:
     return plot_tasks(results, path, _panel, size=(6.5, 4))
 
 
+_CURVES = {"fedcollm": {"llm": "tab:blue", "slm": "tab:orange"},
+           "fedcollm_dp_aux": {"llm": "tab:cyan", "slm": "tab:red"}}  # fmt: skip
+
+
 def _panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
-    curve = baselines.get("fedcollm", {}).get("curve", [])
     for role, color in _COLORS.items():
         for name, style in _STYLES.items():
             scores = baselines.get(name, {}).get(role)
             if scores is not None:
                 band(ax, scores, color=color, linestyle=style, label=f"{name} {role.upper()}")
-        if curve:
-            rounds = [point["round"] for point in curve]
-            errorbar(
-                ax, rounds, [p[role] for p in curve], color=color, label=f"fedcollm {role.upper()}"
-            )
-            ax.set_xticks(rounds)
+        for name, colors in _CURVES.items():
+            curve = baselines.get(name, {}).get("curve", [])
+            if curve:
+                rounds = [point["round"] for point in curve]
+                points = [p[role] for p in curve]
+                errorbar(ax, rounds, points, color=colors[role], label=f"{name} {role.upper()}")
+                ax.set_xticks(rounds)
     ax.set(title=task, xlabel="FedCoLLM round", ylabel="accuracy (%), ±1 s.e.")
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
 

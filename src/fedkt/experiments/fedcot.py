@@ -11,7 +11,10 @@ with FedCoT's predict prefix:
 - ``fedcot``: FedCoT for every strategy x eps of [fedcot]; at eps = inf neither mechanism
   perturbs, so that point runs once and serves both strategies.
 
-The SLM score of a federated method is the mean over clients (each trains its own SLM).
+The SLM score of a federated method is the mean over clients (each trains its own SLM). The
+clients send the server nothing but their perturbed prompts; their privacy reports, counts
+and scores are read back from their own report files (simulation: the harness shares the
+clients' disk). Pattern uniqueness is measured against the task's whole train split (public).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from typing import Any
 import torch
 
 from fedkt.config import FedktConfig
-from fedkt.data.cot import predict_example
+from fedkt.data import Example
+from fedkt.data.cot import label_names, predict_example
 from fedkt.experiments.harness import (
     Claim,
     ClientModelsTask,
@@ -39,16 +43,21 @@ from fedkt.experiments.harness import (
 )
 from fedkt.experiments.summary import band, errorbar, mean_scores, plot_tasks
 from fedkt.federation.fedcot import FedCoTSpec, simulate_fedcot
-from fedkt.jobs import load_for
+from fedkt.federation.reports import read_report
+from fedkt.jobs import load_for, task_examples
 from fedkt.models import adapter_state, add_lora, load_adapter_state
 from fedkt.report import format_table, read_jsonl
 from fedkt.training import derive_seed, train_answer_only
 
 PRIVACY_COLUMNS = (
+    "noise",
+    "candidates",
     "prompt_eps_mean",
     "protected_recovered",
-    "all_recovered",
+    "protected_recovered_prior",
+    "prior_only_recovered",
     "gold_answer_leak_rate",
+    "pattern_unique_rate",
 )
 
 
@@ -64,12 +73,15 @@ class FedCoTTask(ClientModelsTask):
     the same prefixed rows)."""
 
     OWN_PREFIX = "fedcot-"
+    reference: tuple[Example, ...] = ()
+    """The task's whole train split (public): the pattern-uniqueness reference."""
 
     @classmethod
     def load(cls, config: FedktConfig, task: str, resume: bool = False) -> FedCoTTask:
         data = TaskData.load(config, task)
         scored = [predict_example(e) for e in data.evaluation]
-        return cls(config, data, Scoreboard(config, task, scored))
+        reference = tuple(task_examples(config, task, "train", 0))
+        return cls(config, data, Scoreboard(config, task, scored), reference)
 
     def spec(self, label: str, strategy: str, eps: float) -> FedCoTSpec:
         config, task = self.config, self.data.task
@@ -79,6 +91,9 @@ class FedCoTTask(ClientModelsTask):
             decoder=config.fedcot.decoder,
             public_texts=tuple(e.question for e in self.data.public),
             settings=config.fedcot.settings(config.train, strategy, eps),
+            reports_dir=str(self.method_dir(label) / "client-reports"),
+            label_names=label_names([*self.data.evaluation, *self.data.public]),
+            pattern_reference=self.reference,
         )
 
 
@@ -162,22 +177,45 @@ def run_fedcot_experiment(config: FedktConfig, *, resume: bool = False) -> dict[
 
 
 def _federated(run: FedCoTTask, label: str, strategy: str, eps: float) -> dict[str, Any]:
-    """One simulated FedCoT run; the clients write their per-row predictions, which the
-    scoreboard reads back (simulation: the harness shares the clients' disk)."""
+    """One simulated FedCoT run; the clients write their per-row predictions and their own
+    reports, which are read back here (simulation: the harness shares the clients' disk)."""
     start = time.perf_counter()
     spec = run.spec(label, strategy, eps)
     result = simulate_fedcot(spec)
+    reports = []
     for k in range(spec.num_clients):
         rows = read_jsonl(Path(str(spec.predictions_dir)) / f"slm-client{k}.jsonl")
         run.board.add(label, "slm", rows, client=k, write=False)
+        reports.append(read_report(Path(str(spec.reports_dir)) / f"client{k}.json"))
     return {
         "llm": None,
         "slm": run.board.mean_of_clients(label, "slm", spec.num_clients),
-        "clients": list(result.results),
-        "privacy": mean_scores(list(result.privacy)),
+        "clients": [report.get("train", {}) for report in reports],
+        "privacy": client_privacy(reports),
+        "server": {"requests": list(result.requests), "acknowledged": list(result.acknowledged)},
         **communication(result.bytes_up, result.bytes_down),
         "seconds": time.perf_counter() - start,
     }
+
+
+def client_privacy(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The clients' privacy reports in one: numbers averaged over clients, words (noise
+    source, candidates, what is released in clear) as they are when all clients agree, else
+    listed per client."""
+    parts = [report.get("privacy", {}) for report in reports]
+    numbers = [{k: float(v) for k, v in part.items() if _is_number(v)} for part in parts]
+    words: dict[str, Any] = {}
+    for key in dict.fromkeys(k for part in parts for k, v in part.items() if not _is_number(v)):
+        values = [part.get(key) for part in parts]
+        words[key] = values[0] if len(set(map(str, values))) == 1 else values
+    return {**words, **mean_scores(numbers)}
+
+
+def _is_number(value: Any) -> bool:
+    """A report's number (strict JSON writes inf as "inf")."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int | float) or value in ("inf", "-inf")
 
 
 # ---- what a run shows ---------------------------------------------------------------------
@@ -194,17 +232,23 @@ def privacy_table(results: dict[str, Any]) -> str:
     headers = [
         "task",
         "method",
+        "noise",
+        "candidates",
         "prompt eps",
-        "protected tok. recovered %",
-        "all tok. %",
+        "tok. recovered % (MAP)",
+        "(MAP + prior)",
+        "(prior only)",
         "gold leak %",
+        "pattern unique %",
     ]
     return format_table(headers, rows)
 
 
-def _cell(column: str, value: float | None) -> str:
+def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
+    if not isinstance(value, int | float):  # a word, or per-client words
+        return value if isinstance(value, str) else "/".join(map(str, value))
     if column == "prompt_eps_mean":
         return "inf" if math.isinf(value) else f"{value:.0f}"
     return f"{100 * value:.1f}"
@@ -212,7 +256,8 @@ def _cell(column: str, value: float | None) -> str:
 
 def plot_fedcot(results: dict[str, Any], path: Path) -> Path:
     """Per task: SLM accuracy against eps for each strategy (the other methods as horizontal
-    lines), and on a second axis the share of tokens an inverting attacker recovers."""
+    lines), and on a second axis the share of tokens an inverting attacker recovers (and,
+    fainter, what the public prior alone recovers)."""
     return plot_tasks(results, path, _eps_panel, size=(7, 4.2))
 
 
@@ -236,6 +281,16 @@ def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
             color=color,
             label=f"{strategy.upper()} tokens recovered",
         )
+        prior = [o["privacy"].get("prior_only_recovered") for _, o in points]
+        if all(isinstance(v, int | float) for v in prior):  # what the public prior alone gets
+            recovered.plot(
+                xs,
+                [100 * v for v in prior],
+                "+:",
+                color=color,
+                alpha=0.5,
+                label=f"{strategy.upper()} prior only",
+            )
         ax.set_xticks(xs, ["inf" if math.isinf(e) else f"{e:g}" for e, _ in points])
     for name, style in (("zero_shot", ":"), ("standalone", "--"), ("cot_upper_bound", "-.")):
         outcome = baselines.get(name)

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import operator
 import os
 import shutil
@@ -35,9 +36,17 @@ from fedkt.config import FederationConfig, FedktConfig
 from fedkt.data import Example, split_dev, split_dirichlet, split_fedcollm, split_iid
 from fedkt.errors import ConfigError
 from fedkt.evaluation import CausalLM, evaluate_rows, mean_stderr, paired_test
+from fedkt.experiments.summary import mean_scores
 from fedkt.jobs import load_for, placement, task_examples
 from fedkt.models import scoring_copy
-from fedkt.report import read_json, read_jsonl, to_strict_json, write_json, write_jsonl
+from fedkt.report import (
+    format_table,
+    read_json,
+    read_jsonl,
+    to_strict_json,
+    write_json,
+    write_jsonl,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -439,6 +448,9 @@ def run_methods(
                     write_json(path, results)  # an interrupted run keeps what is done
                     _LOG.info("[%s] %s: %s, %.0f s", task, label, _headline(outcome), seconds)
                     start = time.perf_counter()
+        # a resumed run's claims are this fedkt's, also when every method had finished
+        entry["comparisons"] = run.board.compare(claims(list(entry["baselines"])))
+        write_json(path, results)
     return results
 
 
@@ -476,7 +488,8 @@ def _previous(path: Path, config: FedktConfig, algorithm: str) -> dict[str, Any]
         return None
     previous = read_json(path)
     now = to_strict_json(dataclasses.asdict(config))
-    changed = sorted(_differences(previous.get("config", {}), now))
+    defaults = to_strict_json(dataclasses.asdict(type(config)()))
+    changed = sorted(_differences(previous.get("config", {}), now, defaults))
     if changed or previous.get("algorithm") != algorithm:
         raise ConfigError(
             f"--resume: {path} was written with another config (differs in "
@@ -486,12 +499,76 @@ def _previous(path: Path, config: FedktConfig, algorithm: str) -> dict[str, Any]
     return previous
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two JSON trees."""
+_ABSENT = object()
+
+
+def _differences(old: Any, new: Any, default: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON trees. A setting the old run did not
+    have yet (written by an earlier fedkt) is no difference while it keeps its default."""
     if isinstance(old, dict) and isinstance(new, dict):
+        defaults = default if isinstance(default, dict) else {}
         return [
             key
             for name in old.keys() | new.keys()
-            for key in _differences(old.get(name), new.get(name), f"{prefix}{name}.")
+            for key in _differences(
+                old.get(name, _ABSENT),
+                new.get(name, _ABSENT),
+                defaults.get(name, _ABSENT),
+                f"{prefix}{name}.",
+            )
         ]
+    if old is _ABSENT and new == default:
+        return []
     return [] if old == new else [prefix.rstrip(".")]
+
+
+# ---- the clients' DP reports (FDKT, FedCoLLM with a DP synthetic aux set) -------------------
+
+
+def dp_privacy(
+    reports: Sequence[Mapping[str, Any]], target_epsilon: float, delta: float
+) -> dict[str, Any]:
+    """The clients' DP numbers, read from the "synthesis" part of their own reports: the eps
+    each accountant spent (the max is the run's guarantee: every client's rows are
+    (eps_k, delta)-DP in what it sent) and the mean of the other numbers."""
+    synthesis = [report.get("synthesis", {}) for report in reports]
+    spent = [spent_epsilon(s.get("epsilon")) for s in synthesis]
+    numbers = [{k: v for k, v in s.items() if isinstance(v, int | float)} for s in synthesis]
+    stated_once = ("epsilon", "target_epsilon", "delta")
+    return {
+        "target_epsilon": target_epsilon,
+        "delta": delta,
+        "epsilon_max": max(spent) if spent else math.nan,
+        "epsilon_per_client": spent,
+        **{f"mean_{k}": v for k, v in mean_scores(numbers).items() if k not in stated_once},
+    }
+
+
+def spent_epsilon(value: Any) -> float:
+    """A report's eps: strict JSON writes inf (no noise) as a string or null."""
+    return float(value) if isinstance(value, int | float) else math.inf
+
+
+def eps_text(value: Any) -> str:
+    """An eps for a table: "inf" for no noise, else two decimals."""
+    eps = spent_epsilon(value)
+    return "inf" if math.isinf(eps) else f"{eps:.2f}"
+
+
+def dp_table(results: dict[str, Any]) -> str:
+    """One line per task and method that spent a DP budget: the target eps, the largest eps a
+    client's accountant spent (the run's guarantee) and the mean private rows per client."""
+    rows = [
+        [
+            task,
+            name,
+            eps_text(outcome["privacy"]["target_epsilon"]),
+            eps_text(outcome["privacy"]["epsilon_max"]),
+            f"{outcome['privacy'].get('mean_private_rows', math.nan):.0f}",
+        ]
+        for task, entry in results["tasks"].items()
+        for name, outcome in entry["baselines"].items()
+        if "epsilon_max" in outcome.get("privacy", {})
+    ]
+    headers = ["task", "method", "target eps", "spent eps (max)", "rows/client"]
+    return format_table(headers, rows) if rows else ""

@@ -7,6 +7,12 @@ is written to its own disk). The server curates the pooled samples, has its LLM 
 and sends them in a TRAIN message; each client trains its SLM on its private rows plus those,
 scores it on the public evaluation rows, writes its per-row predictions and adapter to its own
 disk, and acknowledges with the number of samples it received.
+
+A multiple-choice task (ARC, OpenBookQA, CommonsenseQA) runs the same round trip with whole
+items in place of texts and labels: both ways the record holds ``keys.ITEMS``, one
+`format_item` line per item, parsed back with `parse_item` on arrival (a message with a
+malformed item, or with the other kind's keys, is refused). The task's kind and number of
+choices are read off the public evaluation rows (`FDKTSpec.format`, `FDKTSpec.n_choices`).
 """
 
 from __future__ import annotations
@@ -28,18 +34,23 @@ from transformers import PreTrainedTokenizerBase
 
 from fedkt.algorithms.fdkt import (
     FDKTSettings,
-    LabelFormat,
+    PublicFormat,
+    client_audit,
     client_synthesize,
     client_train,
     server_augment,
+    server_augment_items,
 )
 from fedkt.data import Example
-from fedkt.data.augmentation import LabelledText
+from fedkt.data.augmentation import Item, LabelledText
+from fedkt.data.formats import ItemFormat, LabelFormat, TaskFormat
+from fedkt.data.synthetic import McItem, format_item, parse_item
 from fedkt.errors import ConfigError, FedktError
 from fedkt.evaluation import evaluate_rows
 from fedkt.federation import keys
 from fedkt.federation.boundary import query_train_app
 from fedkt.federation.messaging import replies_by_node, string_list, wait_for_nodes
+from fedkt.federation.reports import write_report
 from fedkt.federation.simulation import simulate
 from fedkt.generation import Backend, ResponseStore, make_backend
 from fedkt.models import (
@@ -51,14 +62,16 @@ from fedkt.models import (
     scoring_copy,
 )
 from fedkt.models.embeddings import EMBEDDED_EMBEDDER, load_embedder
-from fedkt.report import write_json, write_jsonl
+from fedkt.privacy.leakage import Canary, make_canaries
+from fedkt.report import write_jsonl
 from fedkt.training import derive_seed
+from fedkt.training.dp_synthesis import DPSynthesis
 
 _LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FDKTSpec:
+class FDKTSpec(PublicFormat):
     """One FDKT run: models by name, the data, the settings.
 
     Args:
@@ -67,8 +80,9 @@ class FDKTSpec:
         generator: the clients' generator base, DP-trained with a LoRA adapter (fp32).
         embedder: the server's sentence embedder (`fedkt.models.embeddings.load_embedder`).
         client_data: the private labelled rows D_k, one tuple per client.
-        eval_data: public evaluation rows every client scores its SLM on; they also tell the
-            server the task's label names (public).
+        eval_data: public evaluation rows every client scores its SLM on; they also tell
+            every party the task's format (`format`: its label names, or that it is multiple
+            choice) and a multiple-choice task's number of choices (`n_choices`), all public.
         settings: the protocol's settings (DP target, synthesis, curation, augmentation, SLM).
         lora: the adapter of both the generator and the SLM.
         dtype, device: for the SLM and the LLM (None: fedkt.models picks); the generator is
@@ -83,6 +97,9 @@ class FDKTSpec:
         reports_dir: where each client writes its own DP and training report
             (``client<k>.json``: eps spent, rows, counts; never sent); None: not written.
         max_message_bytes: larger messages are refused, in both directions.
+        canaries: the leakage audit's canary sentences client 0 adds to its generator's
+            training rows (0: no audit); its audit goes to its own report, never sent.
+            Classification tasks only.
     """
 
     llm: str
@@ -104,6 +121,7 @@ class FDKTSpec:
     artefacts_dir: str | None = None
     reports_dir: str | None = None
     max_message_bytes: int = keys.DEFAULT_MAX_MESSAGE_BYTES
+    canaries: int = 0
 
     def __post_init__(self) -> None:
         if not self.client_data or any(not part for part in self.client_data):
@@ -112,22 +130,39 @@ class FDKTSpec:
             )
         if not self.eval_data:
             raise ConfigError("FDKTSpec.eval_data is empty: give the clients rows to score")
-        LabelFormat.of(self.eval_data)  # classification only: refused here, before any model
+        fmt = self.format  # a generative task is refused here, before any model
+        if isinstance(fmt, ItemFormat) and self.canaries:
+            raise ConfigError(
+                f"FDKTSpec.canaries = {self.canaries}: the canary audit supports classification "
+                "tasks only (a canary is a labelled text); set canaries = 0 for a "
+                "multiple-choice task"
+            )
+        if isinstance(fmt, LabelFormat):
+            for part in self.client_data:
+                for row in part:
+                    if row.choices != fmt.labels:
+                        raise ConfigError(
+                            f"FDKTSpec: the evaluation rows read as classification over "
+                            f"{list(fmt.labels)}, but client row {row.id!r} has the choices "
+                            f"{list(row.choices)}; give more evaluation rows (a set of one "
+                            "row, or rows that share their choices, reads as classification)"
+                        )
 
     @property
     def num_clients(self) -> int:
         return len(self.client_data)
 
     @property
-    def labels(self) -> tuple[str, ...]:
-        return LabelFormat.of(self.eval_data).labels
+    def public_rows(self) -> Sequence[Example]:
+        return self.eval_data
 
 
 @dataclass(frozen=True)
 class FDKTResult:
     """What the server knows: samples received per node, what it curated and augmented, the
-    samples themselves (DP synthetic, all received; augmented, all sent), and bytes each way.
-    The clients' scores and eps are on their own disks."""
+    samples themselves (DP synthetic, all received; augmented, all sent: labelled texts, or
+    `McItem`s for a multiple-choice task), and bytes each way. The clients' scores and eps are
+    on their own disks."""
 
     synthetic: dict[int, int]
     curation: dict[str, Any]
@@ -137,8 +172,8 @@ class FDKTResult:
     bytes_up: dict[int, int]
     bytes_down: dict[int, int]
     seconds: float
-    received_samples: tuple[LabelledText, ...] = ()
-    sent_samples: tuple[LabelledText, ...] = ()
+    received_samples: tuple[Item, ...] = ()
+    sent_samples: tuple[Item, ...] = ()
 
 
 # ---- client -------------------------------------------------------------------------------
@@ -163,10 +198,13 @@ def make_fdkt_client_app(spec: FDKTSpec, mods: Sequence[Mod] = ()) -> ClientApp:
 
 
 def _answer_query(spec: FDKTSpec, msg: Message, context: Context, partition: int) -> Message:
-    """Steps 1-3: DP-train a fresh generator adapter, sample per label; send texts + labels."""
+    """Steps 1-3: DP-train a fresh generator adapter, sample per label; send texts + labels
+    (a multiple-choice task: sample whole items; send them, formatted)."""
     models = _client_models(spec)
     settings = spec.settings
+    fmt = spec.format  # public: read off the evaluation rows, never off the private ones
     load_adapter_state(models.generator, models.fresh_generator)  # every run starts fresh
+    canaries = _canaries(spec, partition)
     out = client_synthesize(
         models.generator,
         models.generator_tokenizer,
@@ -174,9 +212,22 @@ def _answer_query(spec: FDKTSpec, msg: Message, context: Context, partition: int
         settings,
         noise=torch.Generator().manual_seed(derive_seed(settings.seed, partition, 1)),
         seed=derive_seed(settings.seed, partition, 2),
+        canaries=canaries,
+        fmt=fmt,
+        n_choices=spec.n_choices,
     )
     _write_report(spec, partition, "synthesis", out.local_report())
-    record = ConfigRecord({keys.TEXTS: list(out.texts), keys.LABELS: list(out.labels)})
+    if canaries:
+        audit = client_audit(
+            models.generator,
+            models.generator_tokenizer,
+            canaries,
+            out.texts,
+            settings,
+            seed=derive_seed(settings.seed, partition, 4),
+        )
+        _write_report(spec, partition, "audit", audit)
+    record = _encode([*out.items] if isinstance(fmt, ItemFormat) else _labelled(out), fmt)
     content = RecordDict({keys.SYNTHETIC: record})
     keys.check_message_size(content, spec.max_message_bytes, what=f"samples of {partition}")
     return Message(content, reply_to=msg)
@@ -185,7 +236,8 @@ def _answer_query(spec: FDKTSpec, msg: Message, context: Context, partition: int
 def _answer_train(spec: FDKTSpec, msg: Message, context: Context, partition: int) -> Message:
     """Step 6: train the SLM on private + received samples, score it; ack with a count."""
     models = _client_models(spec)
-    received = _samples(msg.content.config_records[keys.AUGMENTED])
+    fmt = spec.format
+    received = _decode(msg.content.config_records[keys.AUGMENTED], fmt)
     load_adapter_state(models.slm, models.fresh_slm)
     train = replace(spec.settings.train, seed=derive_seed(spec.settings.train.seed, partition))
     report = client_train(
@@ -194,6 +246,7 @@ def _answer_train(spec: FDKTSpec, msg: Message, context: Context, partition: int
         spec.client_data[partition],
         received,
         replace(spec.settings, train=train),
+        fmt,
     )
     evaluation = evaluate_rows(
         scoring_copy(models.slm),
@@ -225,22 +278,18 @@ def _answer_train(spec: FDKTSpec, msg: Message, context: Context, partition: int
     return Message(content, reply_to=msg)
 
 
+def _canaries(spec: FDKTSpec, partition: int) -> tuple[Canary, ...]:
+    """The audit's canaries: client 0's only (one client suffices to measure leakage)."""
+    if partition != 0 or not spec.canaries:
+        return ()
+    seed = derive_seed(spec.settings.seed, partition, 3)
+    return make_canaries(spec.canaries, spec.labels, seed=seed)
+
+
 def _write_report(spec: FDKTSpec, partition: int, part: str, values: dict[str, Any]) -> None:
-    """Add ``values`` under ``part`` to the client's own report file (never sent)."""
-    if spec.reports_dir is None:
-        return
-    path = Path(spec.reports_dir) / f"client{partition}.json"
-    previous = read_report(path) if path.is_file() and part != "synthesis" else {}
-    write_json(path, {**previous, part: values})
-
-
-def read_report(path: Path) -> dict[str, Any]:
-    """A client's report file, without the machine description `write_json` adds."""
-    from fedkt.report import read_json
-
-    report = read_json(path)
-    report.pop("machine", None)
-    return report
+    """Add ``values`` under ``part`` to the client's own report file (never sent); the
+    synthesis part starts a run's file."""
+    write_report(spec.reports_dir, partition, part, values, fresh=part == "synthesis")
 
 
 def _client_models(spec: FDKTSpec) -> _ClientModels:
@@ -267,11 +316,62 @@ def _client_models(spec: FDKTSpec) -> _ClientModels:
     return _CLIENT_MODELS[key]
 
 
+def _labelled(out: DPSynthesis) -> list[LabelledText]:
+    return [LabelledText(label, text) for label, text in zip(out.labels, out.texts, strict=True)]
+
+
+def _encode(samples: Sequence[Item], fmt: TaskFormat) -> ConfigRecord:
+    """The wire form of ``samples``: TEXTS and LABELS for classification, ITEMS (one
+    `format_item` line each) for a multiple-choice task."""
+    if isinstance(fmt, ItemFormat):
+        return ConfigRecord(
+            {keys.ITEMS: [format_item(s) for s in samples if isinstance(s, McItem)]}
+        )
+    labelled = [s for s in samples if isinstance(s, LabelledText)]
+    return ConfigRecord(
+        {keys.TEXTS: [s.text for s in labelled], keys.LABELS: [s.label for s in labelled]}
+    )
+
+
+def _decode(record: ConfigRecord, fmt: TaskFormat) -> list[Item]:
+    """The samples of a received SYNTHETIC or AUGMENTED record, for the task's kind."""
+    if isinstance(fmt, ItemFormat):
+        return list(items_from_record(record))
+    if keys.ITEMS in record:
+        raise FedktError("malformed FDKT message: multiple-choice ITEMS for a classification task")
+    return list(_samples(record))
+
+
 def _samples(record: ConfigRecord) -> list[LabelledText]:
     texts, labels = _strings(record, keys.TEXTS), _strings(record, keys.LABELS)
     if len(texts) != len(labels):
         raise FedktError(f"malformed FDKT message: {len(texts)} texts for {len(labels)} labels")
     return [LabelledText(label, text) for label, text in zip(labels, texts, strict=True)]
+
+
+def items_from_record(record: ConfigRecord) -> list[McItem]:
+    """The items of a multiple-choice FDKT record (`keys.ITEMS`, one `format_item` line
+    each), parsed with `parse_item`. Refused with `FedktError`: a record without ITEMS or
+    with TEXTS/LABELS (a classification message), a value that is not a list of strings,
+    and any line that is not one well-formed item."""
+    stray = sorted(key for key in (keys.TEXTS, keys.LABELS) if key in record)
+    if stray:
+        raise FedktError(
+            f"malformed FDKT message: {stray} in a multiple-choice task's record (items "
+            f"travel under {keys.ITEMS!r} only)"
+        )
+    if keys.ITEMS not in record:
+        raise FedktError(f"malformed FDKT message: no {keys.ITEMS!r} in a multiple-choice record")
+    items = []
+    for index, line in enumerate(string_list(record, keys.ITEMS, algorithm="FDKT")):
+        item = parse_item(line)
+        if item is None:
+            raise FedktError(
+                f"malformed FDKT message: item {index} is not one well-formed item "
+                f"('Question: ... | Choices: A) ... B) ... | Answer: <letter>'): {line[:80]!r}"
+            )
+        items.append(item)
+    return items
 
 
 def _strings(record: ConfigRecord, key: str) -> list[str]:
@@ -295,26 +395,33 @@ def run_fdkt_server(
     ]
     replies = _by_node(grid.send_and_receive(query), spec)
     bytes_up = {node: size for node, (_, size) in replies.items()}
-    samples = {n: _samples(replies[n][0].content.config_records[keys.SYNTHETIC]) for n in nodes}
+    fmt = spec.format
+    samples = {n: _decode(replies[n][0].content.config_records[keys.SYNTHETIC], fmt) for n in nodes}
     pooled = [item for node in nodes for item in samples[node]]
     # steps 4-5: curate the pool, augment it with the LLM (resumable store)
     store = ResponseStore(None if spec.response_store is None else Path(spec.response_store))
-    outcome = server_augment(
-        backend,
-        embedder,
-        [item.text for item in pooled],
-        [item.label for item in pooled],
-        spec.labels,
-        spec.settings,
-        store,
-    )
+    if isinstance(fmt, ItemFormat):
+        outcome = server_augment_items(
+            backend,
+            embedder,
+            [item for item in pooled if isinstance(item, McItem)],
+            spec.settings,
+            store,
+            n_choices=spec.n_choices,
+        )
+    else:
+        labelled = [item for item in pooled if isinstance(item, LabelledText)]
+        outcome = server_augment(
+            backend,
+            embedder,
+            [item.text for item in labelled],
+            [item.label for item in labelled],
+            spec.labels,
+            spec.settings,
+            store,
+        )
     # step 6 runs on the clients: send every client the augmented set
-    record = ConfigRecord(
-        {
-            keys.TEXTS: [item.text for item in outcome.items],
-            keys.LABELS: [item.label for item in outcome.items],
-        }
-    )
+    record = _encode(outcome.items, fmt)
     train, bytes_down = [], {}
     for node in nodes:
         content = RecordDict({keys.AUGMENTED: record, keys.CONFIG: config})

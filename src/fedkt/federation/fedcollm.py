@@ -6,6 +6,12 @@ theta_k, n_k and its partition id. The server's round is `fedcollm.server_round`
 these messages as its exchange, so the in-process protocol and the federation are one code
 path. The server models live in the ServerApp's process; clients keep their SLM loaded across
 rounds (a Ray actor serves many messages from one module-level cache).
+
+Without public data (``aux_source = "dp_synthetic"``) one ``query`` message per client comes
+first: the client DP-trains a fresh generator on its rows and replies with synthetic texts and
+their labels only (its DP report, which counts its rows, goes to its own disk); the server
+turns them into its auxiliary set, writes it beside the checkpoint at once and never asks
+again, not even after a resume (a second query would spend every client's budget twice).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
@@ -30,20 +37,30 @@ from fedkt import console
 from fedkt.algorithms.fedcollm import (
     Adapter,
     ClientUpdate,
+    DPAuxSettings,
     FedCoLLMSettings,
     ServerModels,
+    aux_examples,
+    client_aux_synthesis,
     client_training,
     client_update,
     load_server_models,
     server_round,
 )
 from fedkt.data import Example
+from fedkt.data.formats import LabelFormat
 from fedkt.errors import ConfigError, FedktError
 from fedkt.federation import keys
 from fedkt.federation.boundary import answer_privately
 from fedkt.federation.checkpoint import read_checkpoint, write_checkpoint
 from fedkt.federation.codec import adapter_to_record, record_to_adapter
-from fedkt.federation.messaging import checked_replies, wait_for_nodes
+from fedkt.federation.messaging import (
+    checked_replies,
+    replies_by_node,
+    string_list,
+    wait_for_nodes,
+)
+from fedkt.federation.reports import write_report
 from fedkt.federation.simulation import simulate
 from fedkt.models import (
     LoraSettings,
@@ -52,8 +69,9 @@ from fedkt.models import (
     load_adapter_state,
     load_model_and_tokenizer,
 )
-from fedkt.report import to_strict_json
-from fedkt.training import TrainSettings
+from fedkt.privacy.accounting import check_target
+from fedkt.report import read_json, to_strict_json, write_json
+from fedkt.training import TrainSettings, derive_seed
 
 _LOG = logging.getLogger(__name__)
 
@@ -74,6 +92,11 @@ class ClientSetup:
         dtype: model dtype (None: fedkt.models.pick_dtype).
         device: model device (None: fedkt.models.pick_device).
         max_message_bytes: replies larger than this are refused before sending.
+        generator: the DP generator's base model name (the query only; "": the SLM).
+        dp_aux: how to answer the server's query for DP synthetic samples; None: this
+            client answers no query.
+        reports_dir: where the client writes its own DP report (``client<k>.json``: eps
+            spent, private rows; never sent); None: not written.
     """
 
     slm: str
@@ -83,6 +106,9 @@ class ClientSetup:
     dtype: str | None = None
     device: str | None = None
     max_message_bytes: int = keys.DEFAULT_MAX_MESSAGE_BYTES
+    generator: str = ""
+    dp_aux: DPAuxSettings | None = None
+    reports_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,9 +119,10 @@ class FederationSpec:
         llm: the server LLM's model name (embedded name, local directory or hub id).
         slm: the SLM's model name, loaded by the server and by every client.
         client_data: the private partitions D_k, one per client (Flower partition-id k).
-        public_data: the server's public set D_a for mutual distillation.
-        settings: FedCoLLM hyperparameters (rounds, KD, client training, LoRA); with
-            ``settings.distil`` off the federation is FedAvg.
+        public_data: the server's public set D_a for mutual distillation (unused, and may
+            be empty, with ``settings.aux_source = "dp_synthetic"``).
+        settings: FedCoLLM hyperparameters (rounds, KD, client training, LoRA, where D_a
+            comes from); with ``settings.distil`` off the federation is FedAvg.
         dtype: model dtype on both sides (None: fedkt.models.pick_dtype).
         device: model device on both sides (None: fedkt.models.pick_device).
         client_cpus: CPU cores Ray reserves per client; clients run side by side when the
@@ -103,9 +130,15 @@ class FederationSpec:
         client_gpus: GPU share Ray reserves per client (0: clients train on CPU).
         max_message_bytes: messages with a larger payload are refused, in both directions.
         checkpoint: file the server rewrites (atomically) after every round with both
-            adapters, the round index, the round records and what ``after_round`` returned;
-            None: no checkpoint.
+            adapters, the round index, the round records and what ``after_round`` returned
+            (and, once, the DP synthetic D_a beside it: `aux_path`); None: no checkpoint.
         resume: continue from ``checkpoint`` when it exists (a fresh start when it does not).
+        aux_format: the task's label names and prompt format, read off rows the server
+            holds (`LabelFormat.of` the public evaluation rows); the server builds D_a from
+            the clients' (label, text) pairs with it. Required with "dp_synthetic".
+        generator: the clients' DP generator base ("": the SLM), LoRA-trained in fp32.
+        reports_dir: where each client writes its DP report (``client<k>.json``, on its own
+            disk; `read_report`); None: not written.
     """
 
     llm: str
@@ -120,6 +153,9 @@ class FederationSpec:
     max_message_bytes: int = keys.DEFAULT_MAX_MESSAGE_BYTES
     checkpoint: str | None = None
     resume: bool = False
+    aux_format: LabelFormat | None = None
+    generator: str = ""
+    reports_dir: str | None = None
 
     def __post_init__(self) -> None:
         empty = [k for k, part in enumerate(self.client_data) if not part]
@@ -133,10 +169,34 @@ class FederationSpec:
                 f"FederationSpec: client_cpus={self.client_cpus} must be >= 1, client_gpus="
                 f"{self.client_gpus} >= 0 and max_message_bytes={self.max_message_bytes} >= 1."
             )
+        if self.uses_dp_aux:
+            if self.aux_format is None:
+                raise ConfigError(
+                    "FederationSpec: aux_source 'dp_synthetic' needs aux_format, the task's "
+                    "labels and prompt format (LabelFormat.of the public evaluation rows)."
+                )
+            dp, smallest = self.settings.dp_aux.dp, min(len(part) for part in self.client_data)
+            check_target(dp.target_epsilon, dp.delta, smallest)  # before any model loads
+        elif self.settings.distil and not self.public_data:
+            raise ConfigError(
+                "FederationSpec: FedCoLLM distils on public_data, which is empty; give the "
+                "server public rows or set settings.aux_source = 'dp_synthetic'."
+            )
+
+    @property
+    def uses_dp_aux(self) -> bool:
+        """Whether D_a comes from the clients' DP synthetic samples (a query before round 1)."""
+        return self.settings.distil and self.settings.aux_source == "dp_synthetic"
 
     @property
     def num_clients(self) -> int:
         return len(self.client_data)
+
+    @property
+    def label_format(self) -> LabelFormat:
+        if self.aux_format is None:
+            raise ConfigError("FederationSpec.aux_format is None: no task format for D_a")
+        return self.aux_format
 
     def client_setup(self) -> ClientSetup:
         """The client side's share of the spec: no LLM, no public data."""
@@ -148,6 +208,9 @@ class FederationSpec:
             dtype=self.dtype,
             device=self.device,
             max_message_bytes=self.max_message_bytes,
+            generator=self.generator,
+            dp_aux=self.settings.dp_aux if self.uses_dp_aux else None,
+            reports_dir=self.reports_dir,
         )
 
     def load_server_models(self) -> ServerModels:
@@ -189,15 +252,38 @@ class RoundRecord:
 
 
 @dataclass(frozen=True)
+class AuxSet:
+    """The server's auxiliary set D_a and what fetching it cost: the payload bytes of the
+    query (all clients together) each way; 0 for public rows the server already held."""
+
+    examples: tuple[Example, ...]
+    bytes_down: int = 0
+    bytes_up: int = 0
+
+    def to_json(self, fmt: LabelFormat) -> dict[str, Any]:
+        """The DP synthetic pairs (not private) and the bytes, to keep beside the checkpoint:
+        ``from_json`` rebuilds the same rows."""
+        pairs = [[label, text] for text, label in map(fmt.text_and_label, self.examples)]
+        return {"pairs": pairs, "bytes_down": self.bytes_down, "bytes_up": self.bytes_up}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], fmt: LabelFormat) -> AuxSet:
+        examples = aux_examples([(label, text) for label, text in raw["pairs"]], fmt)
+        return cls(examples, int(raw["bytes_down"]), int(raw["bytes_up"]))
+
+
+@dataclass(frozen=True)
 class FederationResult:
     """The final global SLM adapter theta (what clients use), the server's LLM adapter omega
-    (it never left the server), one record per round and, per round, what ``after_round``
-    returned (None where it returned nothing)."""
+    (it never left the server), one record per round, per round what ``after_round``
+    returned (None where it returned nothing), and the DP synthetic auxiliary set the clients
+    sent (None: the server distilled on its public rows, or not at all)."""
 
     slm_adapter: Adapter
     llm_adapter: Adapter
     rounds: tuple[RoundRecord, ...]
     after_round: tuple[Any, ...] = ()
+    aux: AuxSet | None = None
 
 
 AfterRound = Callable[[int, ServerModels], Any]
@@ -212,12 +298,13 @@ _SLMS: dict[_SlmKey, tuple[PeftModel, PreTrainedTokenizerBase]] = {}
 
 
 def make_client_app(setup: ClientSetup, mods: Sequence[Mod] = ()) -> ClientApp:
-    """A ClientApp answering FedCoLLM ``train`` messages; ``mods`` wrap its handler (e.g. an
-    audit that records every outgoing message)."""
+    """A ClientApp answering FedCoLLM ``train`` messages (and the ``query`` for DP synthetic
+    samples); ``mods`` wrap its handlers (e.g. an audit that records every outgoing message)."""
     app = ClientApp(mods=list(mods))
     # A partial of a module-level function pickles by reference: Ray ships `setup` by value
     # and each client process keeps using this module's model cache.
     app.train()(partial(train, setup))
+    app.query()(partial(query, setup))
     return app
 
 
@@ -243,6 +330,34 @@ def _train(setup: ClientSetup, msg: Message, context: Context, partition: int) -
     keys.check_message_size(
         content, setup.max_message_bytes, what=f"reply of partition {partition}"
     )
+    return Message(content, reply_to=msg)
+
+
+def query(setup: ClientSetup, msg: Message, context: Context) -> Message:
+    """The ``query`` handler: DP synthetic samples, or an error reply that quotes no data."""
+    return answer_privately("FedCoLLM", partial(_query, setup), msg, context)
+
+
+def _query(setup: ClientSetup, msg: Message, context: Context, partition: int) -> Message:
+    """Step 0: DP-train a fresh generator adapter on this client's rows, sample per label,
+    keep the DP report on this client's disk and reply with texts and labels only."""
+    if setup.dp_aux is None:
+        raise FedktError("this FedCoLLM client was set up without DP aux settings (dp_aux)")
+    generator, tokenizer = load_model_and_tokenizer(
+        setup.generator or setup.slm, dtype="float32", device=setup.device
+    )  # not cached: each client trains it once
+    torch.manual_seed(derive_seed(setup.dp_aux.seed or 0, partition))  # its LoRA's start
+    out = client_aux_synthesis(
+        add_lora(generator, setup.lora),
+        tokenizer,
+        setup.partitions[partition],
+        setup.dp_aux,
+        partition,
+    )
+    write_report(setup.reports_dir, partition, "synthesis", out.local_report(), fresh=True)
+    record = ConfigRecord({keys.TEXTS: list(out.texts), keys.LABELS: list(out.labels)})
+    content = RecordDict({keys.SYNTHETIC: record})
+    keys.check_message_size(content, setup.max_message_bytes, what=f"samples of {partition}")
     return Message(content, reply_to=msg)
 
 
@@ -276,30 +391,91 @@ def run_server(
 
     A round's checkpoint is complete: clients and the server's distillation build fresh
     optimisers every round and draw every seed from (seed, partition, round), so theta, omega
-    and the round index are all the state there is, and a resumed run repeats an
-    uninterrupted one bit for bit.
+    and the round index are all the state there is (with D_a, kept beside the checkpoint when
+    it is DP synthetic), and a resumed run repeats an uninterrupted one bit for bit.
     """
     nodes = wait_for_nodes(grid, spec.num_clients)
     records, kept = _resume(spec, models)
+    aux = _aux_set(grid, nodes, spec, resumed=bool(records)) if spec.uses_dp_aux else None
+    distil_on = spec.public_data if aux is None else aux.examples
     for t in range(len(records), spec.settings.rounds):
         start = time.perf_counter()
         exchange = FlowerExchange(grid, nodes, spec)
-        result = server_round(models, spec.public_data, spec.settings, t, exchange)
+        result = server_round(models, distil_on, spec.settings, t, exchange)
         metrics = {**result.metrics, "seconds": time.perf_counter() - start}
         records.append(RoundRecord(t, exchange.bytes_down, exchange.bytes_up, metrics))
         kept.append(None if after_round is None else after_round(t, models))
         if spec.checkpoint is not None:
             _write_checkpoint(Path(spec.checkpoint), models, records, kept)
-        _log_round(spec, t, time.perf_counter() - start)
+        _log_round(spec, t, time.perf_counter() - start, len(distil_on))
     return FederationResult(
         slm_adapter=adapter_state(models.slm),
         llm_adapter=adapter_state(models.llm),
         rounds=tuple(records),
         after_round=tuple(kept),
+        aux=aux,
     )
 
 
-def _log_round(spec: FederationSpec, t: int, seconds: float) -> None:
+def _aux_set(grid: Grid, nodes: list[int], spec: FederationSpec, *, resumed: bool) -> AuxSet:
+    """Step 0, once per run: D_a is written beside the checkpoint as soon as it arrives, and
+    a resumed run reads it back (asking again would spend every client's budget twice)."""
+    path = None if spec.checkpoint is None else aux_path(spec.checkpoint)
+    if spec.resume and path is not None and path.is_file():
+        _LOG.info("FedCoLLM reuses the DP synthetic aux set of %s", path)
+        return AuxSet.from_json(read_json(path), spec.label_format)
+    if resumed:
+        raise FedktError(
+            f"checkpoint {spec.checkpoint} has rounds distilled on DP synthetic rows, but "
+            f"{path} (those rows) is gone; delete the checkpoint to start this method again."
+        )
+    aux = query_aux(grid, nodes, spec)
+    if path is not None:
+        write_json(path, aux.to_json(spec.label_format))
+    return aux
+
+
+def aux_path(checkpoint: str) -> Path:
+    """Where the DP synthetic D_a is kept beside the checkpoint (not private)."""
+    return Path(checkpoint).with_suffix(".aux.json")
+
+
+def query_aux(grid: Grid, nodes: list[int], spec: FederationSpec) -> AuxSet:
+    """Step 0 on the server: ask every client for its DP synthetic samples and turn the
+    pooled (label, text) pairs into D_a, in the task's own format."""
+    start = time.perf_counter()
+    content = RecordDict()  # the query itself says nothing: a client knows what to do
+    down = keys.check_message_size(content, spec.max_message_bytes, what="aux query")
+    query = [Message(content, dst_node_id=node, message_type=keys.QUERY) for node in nodes]
+    replies = replies_by_node(
+        grid.send_and_receive(query), spec.max_message_bytes, algorithm="FedCoLLM"
+    )
+    pairs = [pair for reply, _ in replies.values() for pair in _samples(reply)]
+    examples = aux_examples(pairs, spec.label_format)
+    _LOG.info(
+        "%s: %d DP synthetic aux rows from %d clients, %.0f s",
+        console.scope() or "FedCoLLM",
+        len(examples),
+        len(replies),
+        time.perf_counter() - start,
+    )
+    up = sum(size for _, size in replies.values())
+    return AuxSet(examples, bytes_down=down * len(nodes), bytes_up=up)
+
+
+def _samples(reply: Message) -> list[tuple[str, str]]:
+    """A query reply's (label, text) pairs; anything but parallel string lists is malformed."""
+    record = reply.content.config_records.get(keys.SYNTHETIC)
+    if record is None:
+        raise FedktError(f"malformed FedCoLLM samples from node {reply.metadata.src_node_id}")
+    texts = string_list(record, keys.TEXTS, algorithm="FedCoLLM")
+    labels = string_list(record, keys.LABELS, algorithm="FedCoLLM")
+    if len(texts) != len(labels):
+        raise FedktError(f"malformed FedCoLLM samples: {len(texts)} texts, {len(labels)} labels")
+    return list(zip(labels, texts, strict=True))
+
+
+def _log_round(spec: FederationSpec, t: int, seconds: float, aux_rows: int) -> None:
     """One progress line per round: what ran, on which rows, how long (with evaluation)."""
     sizes = sorted(len(part) for part in spec.client_data)
     rows = f"{sizes[0]}" if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]}"
@@ -311,7 +487,9 @@ def _log_round(spec: FederationSpec, t: int, seconds: float) -> None:
         spec.settings.rounds,
         spec.num_clients,
         rows,
-        f"distil on {len(spec.public_data)} public rows" if distil else "no distillation",
+        f"distil on {aux_rows} {'DP synthetic' if spec.uses_dp_aux else 'public'} rows"
+        if distil
+        else "no distillation",
         seconds,
     )
 

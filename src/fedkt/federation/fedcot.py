@@ -1,11 +1,14 @@
 """FedCoT over Flower's Message API: the client and server apps, and their simulation.
 
 One round trip per run (see `fedkt.algorithms.fedcot` and the wire format in `keys`):
-the server sends QUERY, each client answers with its perturbed requests and its privacy
-numbers; the server's LLM writes a rationale per request; the server sends them back in a
-TRAIN message; each client recovers rationales for its real questions, trains its SLM and
-answers with its scores. Between the two messages the client keeps the perturbed questions
-it sent in ``context.state`` (Flower's per-node state), never in a message.
+the server sends QUERY, each client answers with its perturbed requests and nothing else;
+the server's LLM writes a rationale per request; the server sends them back in a TRAIN
+message; each client recovers rationales for its real questions, trains its SLM, scores it
+and acknowledges with the number of rationales it received (which the server knows). Its
+privacy report (epsilon accounting, leakage audit, noise source, pattern uniqueness), its
+losses, counts and scores are derived from its private rows: they go to its own report file
+(``reports_dir``) and log, never into a message. Between the two messages the client keeps
+the perturbed questions it sent in ``context.state`` (Flower's per-node state).
 
 Server-side request ids are content hashes of the prompts: a crashed run restarted with the
 same response store skips every prompt already answered, and identical prompts from several
@@ -35,17 +38,20 @@ from fedkt.algorithms.fedcot import (
     client_encode,
     client_recover,
     client_train,
+    make_perturber,
+    noise_generator,
     privacy_report,
     request_id,
     server_rationales,
 )
 from fedkt.data import Example
-from fedkt.data.cot import predict_example
+from fedkt.data.cot import predict_example, private_fields
 from fedkt.errors import ConfigError, FedktError
 from fedkt.evaluation import evaluate_rows
 from fedkt.federation import keys
 from fedkt.federation.boundary import query_train_app
 from fedkt.federation.messaging import replies_by_node, string_list, wait_for_nodes
+from fedkt.federation.reports import write_report
 from fedkt.federation.simulation import simulate
 from fedkt.generation import (
     Backend,
@@ -64,7 +70,13 @@ from fedkt.models import (
     load_model_and_tokenizer,
     scoring_copy,
 )
-from fedkt.privacy import PerturbationKit, Strategy, TextPerturber, build_kit, public_importance
+from fedkt.privacy import (
+    PerturbationKit,
+    TextPerturber,
+    build_kit,
+    public_importance,
+    public_unigram,
+)
 from fedkt.report import write_jsonl
 from fedkt.training import derive_seed
 
@@ -84,8 +96,10 @@ class FedCoTSpec:
             and tokenizer also make the perturbation kit.
         client_data: the private labelled questions D_k, one tuple per client.
         eval_data: public evaluation rows every client scores its SLM on (predict prefix).
-        public_texts: public text for the adaptive mechanism's token importance.
-        settings: the protocol's settings (strategy, eps, alpha, generation, training).
+        public_texts: public text for the adaptive mechanism's token importance and the
+            audit attacker's unigram prior.
+        settings: the protocol's settings (strategy, eps, alpha, candidates, noise seed,
+            generation, training).
         lora: the SLM's adapter.
         dtype, device: for every model (None: fedkt.models picks).
         client_cpus, client_gpus: Ray resources per simulated client.
@@ -96,6 +110,13 @@ class FedCoTSpec:
             written.
         artefacts_dir: where each client saves its trained SLM adapter, in peft's format
             (``clients/<partition-id>/slm``, on the client's own disk); None: not saved.
+        reports_dir: where each client writes its own report (``client<k>.json``: "privacy"
+            and "train" parts, never sent); None: only logged on the client.
+        label_names: a classification task's label names (public): rows whose choices are
+            exactly these send them in clear (`fedkt.data.cot.private_fields`); () for
+            multiple choice and generative tasks.
+        pattern_reference: the task's public questions (e.g. its whole train split), against
+            which each client measures how unique the pattern it releases in clear is.
         max_message_bytes: larger messages are refused, in both directions.
     """
 
@@ -116,6 +137,9 @@ class FedCoTSpec:
     response_store: str | None = None
     predictions_dir: str | None = None
     artefacts_dir: str | None = None
+    reports_dir: str | None = None
+    label_names: tuple[str, ...] = ()
+    pattern_reference: tuple[Example, ...] = ()
     max_message_bytes: int = keys.DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
@@ -133,10 +157,12 @@ class FedCoTSpec:
 
 @dataclass(frozen=True)
 class FedCoTResult:
-    """Per client (in node order): its privacy numbers and its result; bytes each way."""
+    """What the server sees, per client in node order: the number of prompts it sent and the
+    number of rationales it acknowledged; bytes each way. The clients' privacy reports,
+    counts and scores are in their own report files (``FedCoTSpec.reports_dir``)."""
 
-    privacy: tuple[dict[str, float], ...]
-    results: tuple[dict[str, float], ...]
+    requests: tuple[int, ...]
+    acknowledged: tuple[int, ...]
     bytes_up: dict[int, int]
     bytes_down: dict[int, int]
     seconds: float
@@ -154,11 +180,16 @@ class _ClientModels:
     decoder_tokenizer: PreTrainedTokenizerBase
     kit: PerturbationKit
     importance: torch.Tensor
+    log_prior: torch.Tensor
+
+    @property
+    def kit_device(self) -> torch.device:
+        """Where the kit lives: the noise generator must be on the same device."""
+        return self.kit.sets[0].token_ids.device if self.kit.sets else torch.device("cpu")
 
     def perturber(self, settings: FedCoTSettings) -> TextPerturber:
         """The mechanism of ``settings`` ("none" still needs the tokenizer: it is recorded)."""
-        strategy: Strategy = "aem" if settings.strategy == "aem" else "em"
-        return TextPerturber(self.decoder_tokenizer, self.kit, strategy, self.importance)
+        return make_perturber(self.decoder_tokenizer, self.kit, settings, self.importance)
 
 
 _CLIENT_MODELS: dict[tuple[Any, ...], _ClientModels] = {}
@@ -170,30 +201,40 @@ def make_fedcot_client_app(spec: FedCoTSpec, mods: Sequence[Mod] = ()) -> Client
 
 
 def _answer_query(spec: FedCoTSpec, msg: Message, context: Context, partition: int) -> Message:
-    """Steps 1-2: perturb and wrap this client's questions; keep the perturbed text locally."""
+    """Steps 1-2: perturb and wrap this client's questions and send them, nothing else; keep
+    the perturbed text and write the privacy report locally."""
     models = _client_models(spec)
-    examples = spec.client_data[partition]
-    generator = torch.Generator().manual_seed(spec.settings.seed * 10_007 + partition)
-    queries = client_encode(examples, models.perturber(spec.settings), spec.settings, generator)
+    settings = spec.settings
+    generator, noise = noise_generator(settings, partition, models.kit_device)
+    perturber = models.perturber(settings)
+    queries = client_encode(
+        spec.client_data[partition], perturber, settings, generator, label_names=spec.label_names
+    )
     context.state[_PENDING] = ConfigRecord({keys.PROMPTS: list(queries.sent_questions)})
-    report = privacy_report(queries, models.kit, spec.settings)
-    content = RecordDict(
+    report = privacy_report(
+        queries,
+        models.kit,
+        settings,
+        perturber=perturber,
+        log_prior=models.log_prior,
+        reference=[private_fields(e, spec.label_names) for e in spec.pattern_reference],
+        noise=noise,
+    )
+    _write_report(spec, partition, "privacy", report)
+    record = ConfigRecord(
         {
-            keys.REQUESTS: ConfigRecord(
-                {
-                    keys.IDS: [r.id for r in queries.requests],
-                    keys.PROMPTS: [r.prompt for r in queries.requests],
-                }
-            ),
-            keys.PRIVACY: MetricRecord(_numbers(report)),
+            keys.IDS: [r.id for r in queries.requests],
+            keys.PROMPTS: [r.prompt for r in queries.requests],
         }
     )
+    content = RecordDict({keys.REQUESTS: record})
     keys.check_message_size(content, spec.max_message_bytes, what=f"requests of {partition}")
     return Message(content, reply_to=msg)
 
 
 def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: int) -> Message:
-    """Steps 4-5: recover rationales, train the SLM multi-task, score it; reply numbers only."""
+    """Steps 4-5: recover rationales, train the SLM multi-task, score it; write the outcome to
+    the client's own report and acknowledge with the number of rationales received."""
     models = _client_models(spec)
     examples = spec.client_data[partition]
     sent = _strings(context.state.config_records[_PENDING], keys.PROMPTS)
@@ -223,7 +264,7 @@ def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: i
         models.slm.save_pretrained(str(target))
     if spec.predictions_dir is not None:
         write_jsonl(Path(spec.predictions_dir) / f"slm-client{partition}.jsonl", evaluation.rows)
-    result = {
+    outcome = {
         **evaluation.scores,
         "rationales": len(recovery.rationales),
         "missing": recovery.missing,
@@ -234,13 +275,21 @@ def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: i
         "first_loss": report.first_loss,
         "last_loss": report.last_loss,
     }
-    content = RecordDict({keys.RESULT: MetricRecord(_numbers(result))})
+    _write_report(spec, partition, "train", outcome)
+    content = RecordDict({keys.RECEIVED: MetricRecord({keys.RECEIVED: len(received)})})
     return Message(content, reply_to=msg)
+
+
+def _write_report(spec: FedCoTSpec, partition: int, part: str, values: dict[str, Any]) -> None:
+    """Log ``values`` and add them under ``part`` to the client's own report file (never
+    sent); the "privacy" part starts a run's file afresh."""
+    _LOG.info("FedCoT client %d %s: %s", partition, part, values)
+    write_report(spec.reports_dir, partition, part, values, fresh=part == "privacy")
 
 
 def _client_models(spec: FedCoTSpec) -> _ClientModels:
     """This process's SLM (with LoRA), decoder and perturbation kit, built on first use."""
-    min_letters = spec.settings.min_letters
+    min_letters, candidates = spec.settings.min_letters, spec.settings.candidates
     key = (
         spec.slm,
         spec.decoder,
@@ -249,6 +298,7 @@ def _client_models(spec: FedCoTSpec) -> _ClientModels:
         spec.device,
         spec.public_texts,
         min_letters,
+        candidates,
     )
     if key not in _CLIENT_MODELS:
         slm, slm_tokenizer = load_model_and_tokenizer(
@@ -266,20 +316,13 @@ def _client_models(spec: FedCoTSpec) -> _ClientModels:
             fresh_adapter=adapter_state(peft_slm),
             decoder=TransformersBackend(decoder, decoder_tokenizer),
             decoder_tokenizer=decoder_tokenizer,
-            kit=build_kit(decoder_tokenizer, embeddings, min_letters=min_letters),
+            kit=build_kit(
+                decoder_tokenizer, embeddings, min_letters=min_letters, partition=candidates
+            ),
             importance=public_importance(decoder_tokenizer, spec.public_texts),
+            log_prior=public_unigram(decoder_tokenizer, spec.public_texts),
         )
     return _CLIENT_MODELS[key]
-
-
-def _numbers(values: dict[str, Any]) -> dict[str, int | float | list[int] | list[float]]:
-    """The numeric entries of ``values`` as floats, NaN dropped (a MetricRecord holds numbers
-    only, and NaN would not survive JSON)."""
-    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and v == v}
-
-
-def _floats(record: MetricRecord) -> dict[str, float]:
-    return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
 
 
 # ---- server -------------------------------------------------------------------------------
@@ -290,7 +333,7 @@ def run_fedcot_server(grid: Grid, spec: FedCoTSpec, backend: Backend) -> FedCoTR
     start = time.perf_counter()
     nodes = wait_for_nodes(grid, spec.num_clients)
     config = ConfigRecord({keys.ROUND: 0})
-    # steps 1-2 run on the clients: collect their perturbed requests
+    # steps 1-2 run on the clients: collect their perturbed requests (nothing else comes up)
     query = [
         Message(RecordDict({keys.CONFIG: config}), dst_node_id=node, message_type=keys.QUERY)
         for node in nodes
@@ -298,10 +341,9 @@ def run_fedcot_server(grid: Grid, spec: FedCoTSpec, backend: Backend) -> FedCoTR
     replies = _by_node(grid.send_and_receive(query), spec)
     bytes_up = {node: size for node, (_, size) in replies.items()}
     requests = {node: _requests(reply) for node, (reply, _) in replies.items()}
-    privacy = tuple(_floats(replies[n][0].content.metric_records[keys.PRIVACY]) for n in nodes)
     # step 3: one rationale per distinct prompt, keyed by its hash (resumable, deduplicated)
     answers = _rationales(backend, requests, spec)
-    # steps 4-5 run on the clients: send each its rationales, collect its results
+    # steps 4-5 run on the clients: send each its rationales, collect its acknowledgement
     train, bytes_down = [], {}
     for node in nodes:
         ids = [r.id for r in requests[node]]
@@ -319,8 +361,25 @@ def run_fedcot_server(grid: Grid, spec: FedCoTSpec, backend: Backend) -> FedCoTR
     results = _by_node(grid.send_and_receive(train), spec)
     for node, (_, size) in results.items():
         bytes_up[node] += size
-    outcome = tuple(_floats(results[n][0].content.metric_records[keys.RESULT]) for n in nodes)
-    return FedCoTResult(privacy, outcome, bytes_up, bytes_down, time.perf_counter() - start)
+    return FedCoTResult(
+        requests=tuple(len(requests[n]) for n in nodes),
+        acknowledged=tuple(_acknowledged(results[n][0]) for n in nodes),
+        bytes_up=bytes_up,
+        bytes_down=bytes_down,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _acknowledged(reply: Message) -> int:
+    """The number of rationales a client says it received (its TRAIN reply's only content)."""
+    record = reply.content.metric_records.get(keys.RECEIVED)
+    value = None if record is None else record.get(keys.RECEIVED)
+    if not isinstance(value, int | float):
+        raise FedktError(
+            f"node {reply.metadata.src_node_id} acknowledged its rationales without a "
+            f"{keys.RECEIVED!r} count; its client must run this fedkt version"
+        )
+    return int(value)
 
 
 def _by_node(replies: Any, spec: FedCoTSpec) -> dict[int, tuple[Message, int]]:

@@ -8,16 +8,24 @@ FedCoLLM. A round is one Flower ``train`` message per client and one reply:
 
 Nothing else crosses the boundary: no text, no losses, no client report. The partition id
 names the sender (not its data): the server sums in partition order, so a rerun sums alike.
+Without public data (aux_source "dp_synthetic") one query per client comes before round 1:
+
+    server -> client   QUERY  {}
+    client -> server          {SYNTHETIC: ConfigRecord{TEXTS, LABELS}}
+
+the client's DP synthetic samples, the server's auxiliary set; its eps stays on its disk.
 
 FedCoT. One ``query`` and one ``train`` message per client, no weights:
 
     server -> client   QUERY  {CONFIG: ConfigRecord{ROUND: t}}
-    client -> server          {REQUESTS: ConfigRecord{IDS, PROMPTS}, PRIVACY: MetricRecord}
+    client -> server          {REQUESTS: ConfigRecord{IDS, PROMPTS}}
     server -> client   TRAIN  {RATIONALES: ConfigRecord{IDS, TEXTS}, CONFIG}
-    client -> server          {RESULT: MetricRecord}
+    client -> server          {RECEIVED: MetricRecord{RECEIVED: rationales received}}
 
-PROMPTS are the DP-perturbed questions inside the server's instruction template; PRIVACY and
-RESULT hold numbers only (epsilon accounting, the leakage audit, accuracy, counts).
+PROMPTS are the DP-perturbed questions inside the server's instruction template; the TRAIN
+reply is a bare acknowledgement whose count the server already knows. The client's privacy
+report, losses, counts and scores stay on its disk (derived from private rows, not covered
+by eps).
 
 Keys live here only, so the apps and any audit agree on them by construction.
 """
@@ -33,7 +41,8 @@ TRAIN = MessageType.TRAIN
 """Message type of a round: the ClientApp's ``@app.train()`` handler answers it."""
 
 QUERY = MessageType.QUERY
-"""FedCoT: the server asks for a client's perturbed requests (``@app.query()``)."""
+"""FedCoT: the server asks for a client's perturbed requests (``@app.query()``); FDKT and
+FedCoLLM without public data: for its DP synthetic samples."""
 
 ADAPTER = "adapter"
 """ArrayRecord: the global SLM adapter theta (down) or a client's theta_k (up)."""
@@ -69,22 +78,33 @@ TEXTS = "texts"
 """list[str] in RATIONALES: the rationales, in IDS order."""
 
 PRIVACY = "privacy"
-"""FedCoT MetricRecord up: the client's epsilon accounting and leakage audit (numbers)."""
+"""FedCoT: no longer sent (the client's privacy report stays on its disk); kept for readers
+of older runs."""
 
 RESULT = "result"
-"""FedCoT MetricRecord up: the client's SLM scores and training/recovery counts."""
+"""FedCoT: no longer sent (the client's scores and counts stay on its disk); kept for readers
+of older runs."""
 
 SYNTHETIC = "synthetic"
-"""FDKT ConfigRecord up: a client's DP synthetic samples, TEXTS and LABELS (parallel lists)."""
+"""FDKT (and FedCoLLM's query) ConfigRecord up: a client's DP synthetic samples, TEXTS and
+LABELS (parallel lists)."""
 
 AUGMENTED = "augmented"
-"""FDKT ConfigRecord down: the server's augmented samples, TEXTS and LABELS (parallel lists)."""
+"""FDKT ConfigRecord down: the server's augmented samples, TEXTS and LABELS (parallel lists);
+for a multiple-choice task ITEMS instead."""
 
 LABELS = "labels"
 """list[str] in SYNTHETIC / AUGMENTED: each text's label name, in TEXTS order."""
 
+ITEMS = "items"
+"""list[str] in FDKT's SYNTHETIC / AUGMENTED for a multiple-choice task, in place of TEXTS and
+LABELS: whole items, each one line as `fedkt.data.synthetic.format_item` writes it
+(``"Question: ... | Choices: A) ... B) ... | Answer: B"``); the receiver parses each back with
+`parse_item` and refuses the message if one does not parse."""
+
 RECEIVED = "received"
-"""FDKT MetricRecord up (the TRAIN ack): how many augmented samples the client received."""
+"""FDKT MetricRecord up (the TRAIN ack): how many augmented samples the client received;
+FedCoT's TRAIN ack likewise: how many rationales it received."""
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 """256 MiB: a LoRA adapter of a 7B model (r=8, all linear layers) is ~80 MB in fp32, so only a

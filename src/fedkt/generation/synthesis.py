@@ -1,4 +1,5 @@
-"""Sampling a DP generator's synthetic texts per label (FDKT, arXiv 2405.14212, step 3).
+"""Sampling a DP generator's synthetic texts per label, or whole items (FDKT, arXiv 2405.14212,
+step 3).
 
 Each label's bare prefix (``"Topic: World | Text:"``) is continued by sampling (temperature 1,
 top-p 0.9); generation stops at EOS, which the DP trainer taught the generator. Texts are
@@ -6,6 +7,10 @@ cleaned and filtered (`fedkt.data.synthetic.clean_synthetic`: prefix echoes stri
 a next sample, too short / too long / empty dropped, exact duplicates within a label dropped),
 and sampling goes on in rounds until every label has its quota or has used its draws
 (`max_draws_factor` times the quota). The counts are reported per label.
+
+A multiple-choice task's generator writes whole items instead (`synthesize_items`): the same
+rounds, settings and draw cap, from the bare `ITEM_PREFIX`, each text read by
+`fedkt.data.synthetic.clean_item` (malformed items dropped) and exact repeats dropped.
 
 Sampling a DP model is post-processing, so the texts carry the model's (eps, delta); the
 sampling seeds need not be secret for that. Still, as every noise source in fedkt: a
@@ -18,12 +23,21 @@ from __future__ import annotations
 import math
 import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
-from fedkt.data.synthetic import DROP_REASONS, SyntheticFilter, clean_synthetic
+from fedkt.data.synthetic import (
+    DROP_REASONS,
+    ITEM_DROP_REASONS,
+    ITEM_PREFIX,
+    McItem,
+    SyntheticFilter,
+    clean_item,
+    clean_synthetic,
+)
 from fedkt.errors import ConfigError
 from fedkt.generation.backends import Backend
 from fedkt.generation.settings import GenerationSettings
@@ -92,7 +106,8 @@ class SyntheticSample:
 
 @dataclass(frozen=True)
 class LabelCounts:
-    """Per label: texts drawn, kept, and dropped by reason (`DROP_REASONS` + "duplicate")."""
+    """Per label (or for all items): texts drawn, kept, and dropped by reason
+    (`DROP_REASONS` or `ITEM_DROP_REASONS`, + "duplicate" and "over_quota")."""
 
     drawn: int = 0
     kept: int = 0
@@ -113,6 +128,22 @@ class Synthesis:
     def short_labels(self) -> list[str]:
         """Labels that used their draws without reaching the quota."""
         return [label for label, c in self.counts.items() if c.kept < self.per_label]
+
+
+@dataclass(frozen=True)
+class ItemSynthesis:
+    """The kept multiple-choice items (in draw order) and their counts."""
+
+    items: list[McItem]
+    counts: LabelCounts
+    quota: int
+    rounds: int
+    seeded: bool
+
+    @property
+    def short(self) -> bool:
+        """True when the draws ran out before the quota was met."""
+        return self.counts.kept < self.quota
 
 
 def synthesize(
@@ -137,48 +168,126 @@ def synthesize(
         raise ConfigError("synthesize: no labels; pass {label: prefix} for every label.")
     rule = settings.filter
     prefixes = list(label_prefixes.values())
-    cap = math.ceil(settings.max_draws_factor * per_label)
-    kept: dict[str, list[str]] = {label: [] for label in label_prefixes}
-    seen: dict[str, set[str]] = {label: set() for label in label_prefixes}
+    kept, counts, rounds = _sample_in_rounds(
+        backend,
+        label_prefixes,
+        per_label,
+        settings,
+        seed,
+        clean=lambda text: clean_synthetic(text, prefixes, rule),
+        key=str.casefold,
+        reasons=DROP_REASONS,
+    )
+    samples = [SyntheticSample(label, text) for label, texts in kept.items() for text in texts]
+    return Synthesis(samples, counts, per_label, rounds, seeded=seed is not None)
+
+
+def synthesize_items(
+    backend: Backend,
+    n_items: int,
+    settings: SynthesisSettings,
+    *,
+    seed: int | None,
+    n_choices: int | None = None,
+) -> ItemSynthesis:
+    """Sample up to `n_items` well-formed multiple-choice items from the bare `ITEM_PREFIX`.
+
+    The rounds, sampling, draw cap (``max_draws_factor * n_items``) and seeds are
+    `synthesize`'s, with all items one group. Each text is read by `clean_item` (dropped as
+    "empty", "malformed", "choice_count" with ``n_choices``, "too_short" by the question's
+    words, "too_long" by the item's); an item equal to a kept one (question, choices and
+    answer, ignoring case) is a "duplicate". ``n_choices`` must be a public property of the
+    task (e.g. 5 for CommonsenseQA), never read off private rows: the filter would then depend
+    on them, and the kept items would no longer be post-processing of the DP generator.
+    """
+    if n_items < 1:
+        raise ConfigError(f"synthesize_items: n_items={n_items} must be >= 1.")
+    if n_choices is not None and n_choices < 2:
+        raise ConfigError(f"synthesize_items: n_choices={n_choices} must be >= 2 (or None).")
+    rule = settings.filter
+    kept, counts, rounds = _sample_in_rounds(
+        backend,
+        {_ITEMS: ITEM_PREFIX},
+        n_items,
+        settings,
+        seed,
+        clean=lambda text: clean_item(text, rule, n_choices=n_choices),
+        key=_item_key,
+        reasons=ITEM_DROP_REASONS,
+    )
+    return ItemSynthesis(kept[_ITEMS], counts[_ITEMS], n_items, rounds, seeded=seed is not None)
+
+
+_ITEMS = "item"
+"""The one group of `synthesize_items`."""
+
+
+def _item_key(item: McItem) -> Hashable:
+    return (item.question.casefold(), tuple(c.casefold() for c in item.choices), item.answer)
+
+
+_T = TypeVar("_T")
+
+
+def _sample_in_rounds(
+    backend: Backend,
+    prompts: Mapping[str, str],
+    quota: int,
+    settings: SynthesisSettings,
+    seed: int | None,
+    *,
+    clean: Callable[[str], tuple[_T | None, str]],
+    key: Callable[[_T], Hashable],
+    reasons: tuple[str, ...],
+) -> tuple[dict[str, list[_T]], dict[str, LabelCounts], int]:
+    """The quota loop shared by texts and items: (kept per group, counts per group, rounds).
+
+    Each group (a label, or the items) is sampled from its prompt until it keeps ``quota``
+    values or has drawn its cap. ``clean`` turns a text into (value, "kept") or (None, one of
+    ``reasons``); a value whose ``key`` equals a kept one's is a "duplicate"; texts a group
+    draws after meeting its quota in the same round are "over_quota".
+    """
+    cap = math.ceil(settings.max_draws_factor * quota)
+    kept: dict[str, list[_T]] = {group: [] for group in prompts}
+    seen: dict[str, set[Hashable]] = {group: set() for group in prompts}
     drawn: Counter[str] = Counter()
-    dropped: dict[str, Counter[str]] = {label: Counter() for label in label_prefixes}
+    dropped: dict[str, Counter[str]] = {group: Counter() for group in prompts}
     rng = None if seed is None else torch.Generator().manual_seed(seed)
     rounds = 0
     while True:
         asks = {
-            label: _ask(per_label - len(kept[label]), drawn[label], len(kept[label]), cap, settings)
-            for label in label_prefixes
+            group: _ask(quota - len(kept[group]), drawn[group], len(kept[group]), cap, settings)
+            for group in prompts
         }
-        asks = {label: n for label, n in asks.items() if n > 0}
+        asks = {group: n for group, n in asks.items() if n > 0}
         if not asks:
             break
-        prompts = [label_prefixes[label] for label, n in asks.items() for _ in range(n)]
-        owners = [label for label, n in asks.items() for _ in range(n)]
-        texts = backend.generate(prompts, settings.generation(_round_seed(rng)))
+        batch = [prompts[group] for group, n in asks.items() for _ in range(n)]
+        owners = [group for group, n in asks.items() for _ in range(n)]
+        texts = backend.generate(batch, settings.generation(_round_seed(rng)))
         rounds += 1
-        for label, text in zip(owners, texts, strict=True):
-            drawn[label] += 1
-            if len(kept[label]) >= per_label:
-                dropped[label]["over_quota"] += 1
+        for group, text in zip(owners, texts, strict=True):
+            drawn[group] += 1
+            if len(kept[group]) >= quota:
+                dropped[group]["over_quota"] += 1
                 continue
-            body, reason = clean_synthetic(text, prefixes, rule)
-            if body is None:
-                dropped[label][reason] += 1
-            elif (key := body.casefold()) in seen[label]:
-                dropped[label]["duplicate"] += 1
+            value, reason = clean(text)
+            if value is None:
+                dropped[group][reason] += 1
+            elif (value_key := key(value)) in seen[group]:
+                dropped[group]["duplicate"] += 1
             else:
-                seen[label].add(key)
-                kept[label].append(body)
+                seen[group].add(value_key)
+                kept[group].append(value)
     counts = {
-        label: LabelCounts(
-            drawn=drawn[label],
-            kept=len(kept[label]),
-            dropped={r: dropped[label][r] for r in (*DROP_REASONS, "duplicate", "over_quota")},
+        group: LabelCounts(
+            drawn=drawn[group],
+            kept=len(kept[group]),
+            dropped={r: dropped[group][r] for r in (*reasons, "duplicate", "over_quota")},
         )
-        for label in label_prefixes
+        for group in prompts
     }
-    samples = [SyntheticSample(label, text) for label, texts in kept.items() for text in texts]
-    return Synthesis(samples, counts, per_label, rounds, seeded=seed is not None)
+    return kept, counts, rounds
 
 
 def _ask(need: int, drawn: int, kept: int, cap: int, settings: SynthesisSettings) -> int:

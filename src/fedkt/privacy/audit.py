@@ -1,10 +1,16 @@
 """Leakage audit beside epsilon: what an attacker recovers from what the client sent.
 
 Inversion attacker: holds the same public embeddings and candidate sets, knows eps and the
-strategy, and guesses each perturbed token by maximum likelihood (MAP under a uniform prior):
+strategy, and guesses each perturbed token by MAP, under a uniform prior (maximum likelihood)
+or a public prior π (e.g. the unigram model of public text, `public_unigram`):
 
-    x_hat = argmax_x P(y | x) = argmax_x [ e * u(x, y) / (2 Δu) - ln Z_e(x) ],
+    x_hat = argmax_x [ ln π(x) + e * u(x, y) / (2 Δu) - ln Z_e(x) ],
     Z_e(x) = Σ_{y'} exp(e * u(x, y') / (2 Δu)).
+
+Prior-only baseline (`prior_only_recovery`): the same attacker without looking at the output,
+guessing the most likely token of the position's candidate set under π. What it recovers is
+what the public prior and the released pattern give away anyway; the MAP attacker's lift over
+it is what the mechanism's output adds. Report the three side by side.
 
 Plain nearest-neighbour inversion (argmax_x u(x, y)) always answers y itself; the ln Z_e(x) term
 is what lets the MAP attacker undo the drift towards tokens in crowded embedding regions. Ties
@@ -21,7 +27,13 @@ Cost: one (k x k) similarity pass per candidate set plus one (k x k) logsumexp p
 in row blocks of `chunk_elements`: trivial on a GPU (move the kit with `kit.to("cuda")`), but on
 one CPU thread SmolLM2's 30k-word set takes ~35 s for EM and ~1-2 min for AEM.
 
-Answer leak: the fraction of prompts whose gold answer string occurs in the sent text.
+Answer leak: the fraction of prompts whose gold answer string occurs in the perturbed private
+text (only that: the public template around it, an instruction and a worked example, would
+match some answers by chance).
+
+Pattern uniqueness (`pattern_uniqueness`): what a prompt shows in clear beside its perturbed
+tokens (fedkt.privacy.candidates), and how often that alone singles a prompt out among the
+task's public questions.
 """
 
 from __future__ import annotations
@@ -29,9 +41,11 @@ from __future__ import annotations
 import math
 import re
 import weakref
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from fedkt.errors import ConfigError
 from fedkt.privacy.candidates import CandidateSet, PerturbationKit
@@ -51,12 +65,14 @@ def inversion_recovery(
     budget_grid: int = 8,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     aem_oracle: bool = False,
+    log_prior: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """MAP-inversion recovery rates of a batch perturbed with `kit` at `eps` by `strategy`.
 
-    Returns {"protected_recovered": share of perturbed tokens with x_hat == x (1.0 when none
-    was perturbed), "all_recovered": share of all tokens recovered (passed-through tokens count
-    as recovered), "tokens_perturbed", "tokens_total"}.
+    ``log_prior``: the attacker's (vocab,) log prior over tokens (`public_unigram`); None:
+    uniform (maximum likelihood). Returns {"protected_recovered": share of perturbed tokens
+    with x_hat == x (1.0 when none was perturbed), "all_recovered": share of all tokens
+    recovered (passed-through tokens count as recovered), "tokens_perturbed", "tokens_total"}.
     """
     eps = check_eps(eps, "eps")
     _check_strategy(perturbed, strategy)
@@ -81,6 +97,7 @@ def inversion_recovery(
                 sensitivity=sensitivity,
                 budget_grid=budget_grid,
                 chunk_elements=chunk_elements,
+                log_prior=_set_prior(log_prior, candidates),
             )
             guesses[positions] = candidates.token_ids[rows]
     recovered = guesses == sources
@@ -101,8 +118,12 @@ def map_inversion(
     sensitivity: float = COSINE_SENSITIVITY,
     budget_grid: int = 8,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    log_prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(n,) MAP input rows for n observed output rows of one set (module docstring)."""
+    """(n,) MAP input rows for n observed output rows of one set (module docstring).
+
+    ``log_prior``: (k,) log prior of the set's rows (None: uniform). Ties go to the output.
+    """
     device = candidates.unit_embeddings.device
     output_rows = output_rows.to(device)
     budgets = budgets.to(device=device, dtype=torch.float64)
@@ -118,6 +139,8 @@ def map_inversion(
         rows, e = output_rows[chunk], budgets[chunk]
         score = candidates.similarity(rows) * (e / (2.0 * sensitivity)).float()[:, None]
         score -= _interpolate(log_z, grid, e)
+        if log_prior is not None:
+            score += log_prior.to(device=device, dtype=score.dtype)[None, :]
         best = score.max(dim=-1)
         own = score.gather(1, rows[:, None]).squeeze(1)
         tied = own >= best.values - 1e-5 * (1.0 + best.values.abs())
@@ -125,8 +148,102 @@ def map_inversion(
     return guesses
 
 
+def prior_only_recovery(
+    perturbed: Sequence[PerturbedText], kit: PerturbationKit, log_prior: torch.Tensor
+) -> dict[str, float]:
+    """The prior-only baseline: share of perturbed tokens equal to the most likely token of
+    their candidate set under ``log_prior`` ((vocab,), e.g. `public_unigram`), a guess made
+    without looking at the output (1.0 when nothing was perturbed)."""
+    sources = _flat([p.source_ids for p in perturbed])
+    strategies = {p.record.strategy for p in perturbed}
+    size = int(sources.max()) + 1 if sources.numel() else 1
+    set_of, _ = kit.lookup(size)
+    set_index = set_of[sources.to(set_of.device)]
+    guess_of_set = torch.tensor(
+        [int(s.token_ids[_prior_rows(log_prior, s).argmax()]) for s in kit.sets] or [-1],
+        dtype=torch.long,
+        device=set_of.device,
+    )
+    mask = set_index >= 0
+    if strategies == {"none"} or not bool(mask.any()):
+        return {"prior_only_recovered": 1.0}
+    hits = guess_of_set[set_index[mask]] == sources.to(set_of.device)[mask]
+    return {"prior_only_recovered": float(hits.float().mean())}
+
+
+Pattern = tuple[tuple[int, ...], ...]
+"""What a prompt shows in clear, per private field: each token's id where it passes through,
+``-1 - s`` where it is perturbed within candidate set s (only its set is visible)."""
+
+
+def pattern_uniqueness(
+    tokenizer: PreTrainedTokenizerBase,
+    kit: PerturbationKit | None,
+    prompts: Sequence[Sequence[str]],
+    reference: Sequence[Sequence[str]],
+    *,
+    pad_to: int = 1,
+    pad_id: int | None = None,
+) -> dict[str, float]:
+    """How identifying the pattern a prompt releases in clear is, against public prompts.
+
+    ``prompts`` and ``reference`` hold each prompt's private fields (e.g. question and
+    choices); ``kit`` None means nothing is perturbed (the text itself is the pattern);
+    ``pad_to`` and ``pad_id`` pad each field as `TextPerturber` does (its ``pad_to`` and
+    ``pad_id``), so only the padded length shows. Over
+    the distinct field tuples of ``reference`` and ``prompts`` together (a prompt that is also
+    a reference row counts once), returns {"pattern_unique_rate": share of ``prompts`` whose
+    pattern no other text shares, "pattern_unique_public": the same share among the reference
+    rows alone (a property of the task and the kit, from public data only),
+    "pattern_reference_rows": distinct reference rows}. 0.0 for an empty side.
+    """
+    set_of = None if kit is None else kit.lookup(len(tokenizer))[0].cpu()
+    pad = (pad_to, pad_id) if pad_to > 1 and pad_id is not None else None
+    own = _patterns(tokenizer, set_of, prompts, pad)
+    public = _patterns(tokenizer, set_of, reference, pad)
+    together = Counter({**public, **own}.values())
+    alone = Counter(public.values())
+    keys = [tuple(p) for p in prompts]
+    unique = sum(together[own[key]] == 1 for key in keys)
+    unique_public = sum(alone[pattern] == 1 for pattern in public.values())
+    return {
+        "pattern_unique_rate": unique / len(keys) if keys else 0.0,
+        "pattern_unique_public": unique_public / len(public) if public else 0.0,
+        "pattern_reference_rows": float(len(public)),
+    }
+
+
+def _patterns(
+    tokenizer: PreTrainedTokenizerBase,
+    set_of: torch.Tensor | None,
+    rows: Sequence[Sequence[str]],
+    pad: tuple[int, int] | None,
+) -> dict[tuple[str, ...], Pattern]:
+    """{distinct field tuple: its released pattern}."""
+    distinct = list(dict.fromkeys(tuple(row) for row in rows))
+    flat = [field for row in distinct for field in row]
+    encoded = tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else []
+    fields: list[tuple[int, ...]] = []
+    for ids in encoded:
+        if pad is not None:
+            ids = ids + [pad[1]] * (-len(ids) % pad[0])
+        tokens = torch.tensor(ids, dtype=torch.long)
+        if set_of is not None and tokens.numel():
+            inside = tokens < set_of.shape[0]
+            sets = torch.full_like(tokens, -1)
+            sets[inside] = set_of[tokens[inside]]
+            tokens = torch.where(sets >= 0, -1 - sets, tokens)
+        fields.append(tuple(tokens.tolist()))
+    out, at = {}, 0
+    for row in distinct:
+        out[row] = tuple(fields[at : at + len(row)])
+        at += len(row)
+    return out
+
+
 def answer_leak_rate(sent_texts: Sequence[str], gold_answers: Sequence[str]) -> float:
-    """Share of prompts whose gold answer occurs in what was sent.
+    """Share of prompts whose gold answer occurs in ``sent_texts``: pass the perturbed private
+    text of each prompt only, not the public template around it (module docstring).
 
     Case-insensitive, whole words only (no word character right before or after, so "4" does
     not match "14" and "$5" still matches), any whitespace run in the answer matching any
@@ -264,6 +381,20 @@ def _check_same_kit(
             "inversion_recovery: the texts were not perturbed with this kit (token classes or "
             "perturbed-token counts differ); pass the kit the TextPerturber used."
         )
+
+
+def _set_prior(log_prior: torch.Tensor | None, candidates: CandidateSet) -> torch.Tensor | None:
+    """(k,) the prior's log-probabilities of a set's tokens (None stays None)."""
+    return None if log_prior is None else _prior_rows(log_prior, candidates)
+
+
+def _prior_rows(log_prior: torch.Tensor, candidates: CandidateSet) -> torch.Tensor:
+    if log_prior.dim() != 1 or log_prior.shape[0] <= int(candidates.token_ids.max()):
+        raise ConfigError(
+            "log_prior must be a (vocab,) tensor covering every candidate token; build it with "
+            "public_unigram(tokenizer, public_texts)."
+        )
+    return log_prior.to(candidates.token_ids.device)[candidates.token_ids]
 
 
 def _flat(rows: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -16,11 +16,26 @@ special tokens): those pass through unchanged and are counted in each PrivacyRec
 perturbed (the reference code passed them through); their utility is the cosine of the digit
 embeddings as well, so Δu = 2 holds for every set. Sets with fewer than 2 tokens are dropped
 (a one-token set cannot hide anything), so their tokens count as passed through.
+
+That released pattern (punctuation, newlines, byte pieces, word and piece boundaries, digit
+counts) identifies most questions on its own (`fedkt.privacy.audit.pattern_uniqueness`), at
+every eps. ``partition="vocabulary"`` is the mode that does not release it, and the simplest
+sound one: ONE set holding every ordinary token (all but special/added tokens and rows with
+an all-zero embedding). Each token, punctuation and whitespace included, is replaced by EM over
+the whole set with the same clamped cosine utility, so Δu = 2 and each token is eps-DP against
+replacing it by ANY ordinary token; the only thing a position shows is that it exists, so a
+field's token count is all that is released in clear, and `TextPerturber`'s ``pad_to`` rounds
+it up with perturbed filler tokens (per-field token counts alone single out ~78 % of ARC-Easy's
+questions; padded to a multiple of 8, ~2 %). (Word-level perturbation with a fixed
+output length per word class would hide the pieces but still release the word count and the
+class sequence, and needs a second tokenisation.) The price is utility: at a given eps, EM over
+~49k tokens keeps fewer tokens than over a class, and the output may hold any symbol.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -28,6 +43,23 @@ from transformers import PreTrainedTokenizerBase
 from fedkt.errors import ConfigError
 
 _SPACE_MARKERS = ("Ġ", "▁")  # byte-level BPE and SentencePiece word-start markers
+
+Partition = Literal["classes", "vocabulary"]
+PARTITIONS: tuple[Partition, ...] = ("classes", "vocabulary")
+
+RELEASED_IN_CLEAR: dict[str, str] = {
+    "classes": (
+        "tokens outside every candidate set (punctuation, symbols, whitespace and newlines, "
+        "byte pieces, words shorter than min_letters, special tokens) exactly, and for each "
+        "perturbed token its class (word / word piece / number / number piece): word and piece "
+        "boundaries, digit counts, the token count"
+    ),
+    "vocabulary": (
+        "the token count of each private field, rounded up to the perturber's pad_to (and "
+        "special tokens or tokens with an all-zero embedding, if a field holds any)"
+    ),
+}
+"""What each `build_kit` partition sends in clear beside the perturbed tokens (for reports)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,27 +155,41 @@ def build_kit(
     *,
     min_letters: int = 3,
     max_words: int | None = None,
+    partition: Partition = "classes",
 ) -> PerturbationKit:
     """Candidate sets from a tokenizer and its model's (public) input embedding matrix.
 
-    Classification reads each token's decoded text once (string work, done one time per kit);
-    the decision depends on the vocabulary alone, never on private text. `max_words` caps each
-    word set at its lowest token ids: BPE merge order roughly follows public corpus frequency,
-    so this keeps common words and stays data-independent. Tokens with an all-zero embedding
+    ``partition="classes"``: the four sets of the module docstring. Classification reads each
+    token's decoded text once (string work, done one time per kit); the decision depends on
+    the vocabulary alone, never on private text. `max_words` caps each word set at its lowest
+    token ids: BPE merge order roughly follows public corpus frequency, so this keeps common
+    words and stays data-independent. ``partition="vocabulary"``: one set of every ordinary
+    token (`min_letters` and `max_words` do not apply). Tokens with an all-zero embedding
     (unused rows) are left out, since cosine is undefined for them.
     """
     if min_letters < 1:
         raise ConfigError(f"min_letters must be >= 1, got {min_letters}.")
     if max_words is not None and max_words < 2:
         raise ConfigError(f"max_words must be None or >= 2, got {max_words}.")
+    if partition not in PARTITIONS:
+        raise ConfigError(f"partition must be one of {list(PARTITIONS)}, got {partition!r}.")
+    if partition == "vocabulary" and max_words is not None:
+        raise ConfigError("max_words caps the word sets of partition 'classes' only.")
     if embedding_matrix.dim() != 2:
         raise ConfigError(
             f"embedding_matrix must be (vocab, d), got shape {tuple(embedding_matrix.shape)}."
         )
     vocab = min(len(tokenizer), embedding_matrix.shape[0])
-    classes = _classify_vocabulary(tokenizer, vocab, min_letters)
     weights = embedding_matrix[:vocab].detach().float().cpu()
     norms = weights.norm(dim=-1)
+    if partition == "vocabulary":
+        excluded = _excluded(tokenizer)
+        ids = torch.tensor([i for i in range(vocab) if i not in excluded], dtype=torch.long)
+        ids = ids[norms[ids] > 0] if ids.numel() else ids
+        if ids.numel() < 2:
+            return PerturbationKit(())
+        return PerturbationKit((CandidateSet("vocabulary", ids, weights[ids] / norms[ids, None]),))
+    classes = _classify_vocabulary(tokenizer, vocab, min_letters)
     sets: list[CandidateSet] = []
     for name in ("words", "word_pieces", "numbers", "number_pieces"):
         ids = torch.tensor([i for i, c in enumerate(classes) if c == name], dtype=torch.long)
@@ -164,11 +210,16 @@ def _classify_vocabulary(
     decoded = tokenizer.batch_decode(
         [[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
     )
-    excluded = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    excluded = _excluded(tokenizer)
     return [
         None if i in excluded else _token_class(str(r), d, min_letters)
         for i, r, d in zip(ids, raw, decoded, strict=True)
     ]
+
+
+def _excluded(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Special and added tokens: never candidates (they pass through, counted)."""
+    return set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
 
 
 def _token_class(raw: str, decoded: str, min_letters: int) -> str | None:

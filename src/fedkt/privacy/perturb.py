@@ -14,7 +14,14 @@ What `eps` means:
 
 What is not protected: tokens outside every candidate set pass through unchanged and are counted
 (`tokens_passed_through`), and the set of each position is revealed (fedkt.privacy.candidates).
-The guarantee is over prompts sharing that public pattern.
+The guarantee is over prompts sharing that public pattern. With the kit of
+``build_kit(..., partition="vocabulary")`` every ordinary token is perturbed over one set, so
+the pattern shrinks to the token count (`fedkt.privacy.audit.pattern_uniqueness` measures how
+identifying the pattern is).
+
+Where the noise comes from. Every draw takes a `torch.Generator`: seeded in tests and seeded
+simulations (reproducible, so anyone who knows the seed can replay the noise and the output is
+a function of the input: no guarantee at all), and from `secure_generator` everywhere else.
 
 All tokens of all texts are sampled together, one `torch.multinomial` per candidate set (split
 into row blocks of at most `chunk_elements` probabilities so a 20k-word set stays in memory).
@@ -90,6 +97,28 @@ class PerturbedText:
     output_ids: tuple[int, ...]
 
 
+def join_perturbed(parts: Sequence[PerturbedText], text: str) -> PerturbedText:
+    """One prompt made of several separately perturbed fields (e.g. a question and its
+    choices) rendered into ``text``: budgets and ids concatenated in field order, passed-through
+    tokens summed. The template around the fields is public and counts for nothing."""
+    strategies = {p.record.strategy for p in parts}
+    if len(strategies) != 1:
+        raise ConfigError(
+            f"join_perturbed needs fields perturbed by one strategy, got {sorted(strategies)}."
+        )
+    record = PrivacyRecord.of(
+        strategies.pop(),
+        [e for p in parts for e in p.record.eps_per_token],
+        sum(p.record.tokens_passed_through for p in parts),
+    )
+    return PerturbedText(
+        text,
+        record,
+        tuple(t for p in parts for t in p.source_ids),
+        tuple(t for p in parts for t in p.output_ids),
+    )
+
+
 def privacy_summary(records: Sequence[PrivacyRecord]) -> dict[str, Any]:
     """Per-token and per-prompt epsilon over a run, for printing and the run's report.
 
@@ -155,7 +184,15 @@ def sample_em(
 
 
 class TextPerturber:
-    """Perturbs prompts token by token with EM or adaptive EM over a PerturbationKit."""
+    """Perturbs prompts token by token with EM or adaptive EM over a PerturbationKit.
+
+    ``pad_to`` > 1 pads every text with a public filler token (the single-space token where
+    the kit holds it) up to a multiple of ``pad_to`` tokens before perturbing, and perturbs
+    the pads like any token: the output's length then shows only the padded length, not the
+    text's. The pads are perturbed positions, so they are spent budget (prompt eps counts
+    them) and the audit counts them; the guarantee is over texts of the same padded length.
+    Only useful when the filler is in a candidate set (``partition="vocabulary"``).
+    """
 
     def __init__(
         self,
@@ -166,18 +203,40 @@ class TextPerturber:
         *,
         floor: float = 0.1,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        pad_to: int = 1,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
         if not 0.0 <= floor <= 1.0:
             raise ConfigError(f"floor must be in [0, 1], got {floor}.")
+        if pad_to < 1:
+            raise ConfigError(f"pad_to must be >= 1, got {pad_to}.")
         self.tokenizer = tokenizer
         self.kit = kit
         self.strategy: Strategy = strategy
         self.floor = floor
         self.chunk_elements = chunk_elements
+        self.pad_to = pad_to
         self._set_of, self._row_of = kit.lookup(len(tokenizer))
+        self.pad_id = self._filler() if pad_to > 1 else None
         self._importance = self._check_importance(importance)
+
+    def _filler(self) -> int:
+        """The padding token: the single-space token when it is a candidate, else the first
+        token of the first set (a public constant either way)."""
+        space = self.tokenizer(" ", add_special_tokens=False)["input_ids"]
+        if len(space) == 1 and int(self._set_of[space[0]]) >= 0:
+            return int(space[0])
+        if not self.kit.sets:
+            raise ConfigError("pad_to > 1 needs a kit with a candidate set to pad with.")
+        return int(self.kit.sets[0].token_ids[0])
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids as perturbed: tokenized, then padded to ``pad_to``."""
+        rows: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        if self.pad_id is None:
+            return rows
+        return [row + [self.pad_id] * (-len(row) % self.pad_to) for row in rows]
 
     def _check_importance(self, importance: torch.Tensor | None) -> torch.Tensor | None:
         if self.strategy != "aem":
@@ -201,7 +260,7 @@ class TextPerturber:
         """Perturb every text at budget `eps` (module docstring); one result per text, in order."""
         eps = check_eps(eps, "eps")
         texts = list(texts)
-        encoded: list[list[int]] = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        encoded = self.encode(texts)
         device = self._set_of.device
         ids = torch.tensor([t for row in encoded for t in row], dtype=torch.long, device=device)
         text_of = torch.repeat_interleave(

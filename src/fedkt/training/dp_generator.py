@@ -51,7 +51,6 @@ takes its step (pure noise, counted by the accountant) through a one-token row w
 from __future__ import annotations
 
 import math
-import secrets
 import time
 import warnings
 from collections.abc import Sequence
@@ -71,6 +70,7 @@ from fedkt.privacy.accounting import (
     noise_for_target,
     poisson_schedule,
 )
+from fedkt.privacy.randomness import secure_generator
 from fedkt.training.batching import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -82,8 +82,9 @@ if TYPE_CHECKING:
 GRAD_SAMPLE_MODES = ("hooks", "ghost")
 
 SECURE_NOISE = (
-    "secrets.randbits(64) seeds a torch.Generator (Mersenne Twister; not a CSPRNG): opacus's "
-    "secure_mode needs torchcsprng, which does not install with torch 2.13"
+    "torch.Generator whose whole state is drawn from secrets (fedkt.privacy.secure_generator; "
+    "a Mersenne Twister, not a CSPRNG): opacus's secure_mode needs torchcsprng, which does not "
+    "install with torch 2.13"
 )
 SEEDED_NOISE = "torch.Generator from the caller (seeded simulation: reproducible, not secret)"
 
@@ -199,13 +200,9 @@ def train_generator_dp(
     sigma = noise_for_target(
         settings.target_epsilon, settings.delta, sample_rate, steps, n_rows=n_rows
     )
-    sample_seed, noise_seed = _seeds(generator)
     device = params[0].device
-    loader = DPDataLoader(
-        dataset,
-        sample_rate=sample_rate,
-        generator=torch.Generator().manual_seed(sample_seed),
-    )
+    sampling, noise = _generators(generator, device)
+    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampling)
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     model.train()  # opacus validates a model in training mode
     with warnings.catch_warnings():
@@ -222,7 +219,7 @@ def train_generator_dp(
             noise_multiplier=sigma,
             max_grad_norm=settings.max_grad_norm,
             poisson_sampling=False,
-            noise_generator=torch.Generator(device=device).manual_seed(noise_seed),
+            noise_generator=noise,
             grad_sample_mode=settings.grad_sample_mode,
             criterion=nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX),
             wrap_model=False,
@@ -394,12 +391,17 @@ def _check_trainable(params: list[nn.Parameter]) -> None:
         )
 
 
-def _seeds(generator: torch.Generator | None) -> tuple[int, int]:
-    """(sampling seed, noise seed): drawn from `generator`, or from `secrets` when None."""
+def _generators(
+    generator: torch.Generator | None, device: torch.device
+) -> tuple[torch.Generator, torch.Generator]:
+    """(Poisson sampling, noise) generators: seeded from ``generator`` in a simulation, else
+    with their whole state from `secrets` (a CPU generator seeded with 64 secret bits keeps
+    only 32 of them: the server could replay every seed)."""
     if generator is None:
-        return secrets.randbits(64), secrets.randbits(64)
+        return secure_generator(), secure_generator(device)
     drawn = torch.randint(0, 2**62, (2,), generator=generator).tolist()
-    return int(drawn[0]), int(drawn[1])
+    sampling = torch.Generator().manual_seed(int(drawn[0]))
+    return sampling, torch.Generator(device=device).manual_seed(int(drawn[1]))
 
 
 def _noise_source(generator: torch.Generator | None, sigma: float) -> str:
