@@ -74,13 +74,18 @@ def bench_config(eps: tuple[float, ...]) -> FedktConfig:
 
 def fedcollm_config(eps: float) -> FedktConfig:
     """configs/fedcollm-no-public.toml scored on every validation row, the generators at the
-    FDKT bench's eps, evaluated once at the end (not after every round)."""
+    FDKT bench's eps, evaluated once at the end (not after every round), without zero-shot."""
     config = load_config(FEDCOLLM_CONFIG)
     return with_overrides(
         config,
         output_dir=str(FEDCOLLM_OUTPUT),
         data=with_overrides(config.data, limit=0),
-        federation=with_overrides(config.federation, eval_every_round=False),
+        federation=with_overrides(
+            config.federation,
+            eval_every_round=False,
+            # zero-shot is the FDKT part's (same models, same 800 rows): not run twice
+            baselines=("fedavg", "fedcollm", "fedcollm_dp_aux"),
+        ),
         fedcollm=with_overrides(config.fedcollm, eps=eps),
     )
 

@@ -9,12 +9,17 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
 
+from conftest import build_tiny_tokenizer
 from fedkt.config import build_config
+from fedkt.data import load_examples
 from fedkt.errors import ConfigError
 from fedkt.experiments import fedcot as harness
+from fedkt.experiments import harness as shared_harness
 from fedkt.federation.fedcot import FedCoTResult, FedCoTSpec
-from fedkt.report import write_json, write_jsonl
+from fedkt.report import read_jsonl, to_strict_json, write_json, write_jsonl
 
 
 def test_fedcot_section_parses_and_checks_its_values() -> None:
@@ -54,6 +59,7 @@ def _fake_run(spec: FedCoTSpec) -> FedCoTResult:
         "candidates": spec.settings.candidates,
         "released_in_clear": "punctuation",
         "prompt_eps_mean": eps * 10,
+        "prompt_eps_max": eps * 12 if spec.settings.strategy != "none" else math.inf,
         "protected_recovered": recovered,
         "prior_only_recovered": 0.125,
         "all_recovered": recovered,
@@ -67,9 +73,17 @@ def _fake_run(spec: FedCoTSpec) -> FedCoTResult:
     ]
     result = {"acc": right / len(rows), "n": float(len(rows))}
     for k in range(spec.num_clients):
+        utility = {  # each client graded its 3 prompts' rationales with its own labels
+            "prompts": 3,
+            "server_rationale_correct": 3 if math.isinf(eps) else k,
+            "recovered_rationale_correct": 3 if math.isinf(eps) else 1,
+            "rationales_kept": 3 - k,
+            "server_degenerate": k,
+            "recovery_failed": 0,
+        }
         write_jsonl(Path(str(spec.predictions_dir)) / f"slm-client{k}.jsonl", rows)
         write_json(Path(str(spec.reports_dir)) / f"client{k}.json",
-                   {"privacy": privacy, "train": result})  # fmt: skip
+                   {"privacy": privacy, "utility": utility, "train": result})  # fmt: skip
     n = spec.num_clients
     return FedCoTResult((3,) * n, (3,) * n, dict.fromkeys(range(n), 10),
                         dict.fromkeys(range(n), 20), 1.0)  # fmt: skip
@@ -122,3 +136,147 @@ def test_the_sweep_runs_each_point_once_and_writes_table_and_plot(
     assert "secrets" in table and "12.5" in table and "75.0" in table
     plot = harness.plot_fedcot(results, tmp_path / "results.png")
     assert plot.stat().st_size > 0
+    # utility where it moves: the clients' rationale grades, pooled over their 6 prompts
+    utility = baselines["fedcot-em@10"]["utility"]
+    assert (utility["prompts"], utility["server_rationale_correct"]) == (6, 1)
+    assert utility["server_rationale_acc"] == pytest.approx(1 / 6)
+    assert utility["server_rationale_acc_stderr"] == pytest.approx(math.sqrt(1 / 6 * 5 / 6 / 5))
+    assert utility["recovered_rationale_acc"] == pytest.approx(2 / 6)
+    assert (utility["rationales_kept"], utility["server_degenerate"]) == (5, 1)
+    assert baselines["cot_upper_bound"]["utility"]["server_rationale_acc"] == 1.0
+    assert "server rationale % ± s.e." in table and "16.7 ± 16.7" in table
+    # repeated runs compose: per client the sum over the points run so far
+    first = baselines["fedcot-em@1"]["composition"]
+    assert first["points"] == ["cot_upper_bound", "fedcot-em@1"]
+    assert first["eps_finite_per_client"] == [12.0, 12.0]
+    assert first["in_clear_points"] == ["cot_upper_bound"]
+    assert "sum" in first["note"]
+    sweep = baselines["fedcot-aem@inf"]["composition"]  # the last point: the whole sweep
+    assert sweep["eps_finite_per_client"] == [264.0, 264.0]  # 12 + 120, for EM and AEM
+    assert sweep["in_clear_points"] == ["cot_upper_bound", "fedcot-em@inf"]
+    assert sweep["eps_total_per_client"] == [math.inf, math.inf]
+    assert written["tasks"]["arc_easy"]["baselines"]["fedcot-aem@inf"]["composition"] == (
+        to_strict_json(sweep)
+    )
+    assert "repeated runs compose" in table and "client 0: 264" in table
+    assert "in clear at cot_upper_bound, fedcot-em@inf" in table
+
+
+def test_fedcot_section_takes_the_new_mechanisms_and_their_settings() -> None:
+    config = build_config(
+        {
+            "algorithm": "fedcot",
+            "fedcot": {
+                "strategies": ["krr", "custext", "metric"],
+                "cluster_size": 8,
+                "custext_inner": "krr",
+            },
+        }
+    )
+    assert config.fedcot.strategies == ("krr", "custext", "metric")
+    settings = config.fedcot.settings(config.train, "custext", 2.0)
+    assert (settings.strategy, settings.cluster_size, settings.custext_inner) == (
+        "custext",
+        8,
+        "krr",
+    )
+    assert config.fedcot.settings(config.train, "metric", 5.0).label == "metric@5"
+    for bad in ({"cluster_size": 1}, {"custext_inner": "gauss"}, {"strategies": ["paraphrasex"]}):
+        with pytest.raises(ConfigError):
+            build_config({"fedcot": bad})
+
+
+def test_fedkt_retention_prints_each_strategy_s_knees(
+    tmp_path: Path,
+    shared_data_dir: Path,
+    tiny_pair: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fedkt.cli import main
+
+    strategies = '["em", "krr", "custext", "metric"]'
+    config = tmp_path / "retention.toml"
+    config.write_text(
+        f'algorithm = "fedcot"\n[data]\ndir = "{shared_data_dir}"\ntasks = ["arc_easy"]\n'
+        f'[fedcot]\ndecoder = "{tiny_pair[1]}"\nstrategies = {strategies}\ncluster_size = 4\n'
+    )
+    assert main(["retention", "--config", str(config), "--questions", "20"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.startswith("arc_easy")]
+    assert [row[1] for row in rows] == ["em", "krr", "custext(em)", "metric"]
+    assert all(row[-1] == "inf" for row in rows)  # every grid ends with the unperturbed point
+
+
+class _Solver(torch.nn.Module):
+    """A fake causal LM that solves every GSM8K question it is shown: it reads the last
+    "Question: ...\\nRationale:" of its prompt and writes a chain of thought in paragraphs,
+    ending on the row's answer (then a number that is not the answer), then EOS."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, answers: dict[str, str]) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # where inputs go
+        self.tokenizer, self.answers = tokenizer, answers
+        self.prompts: list[str] = []
+
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object
+    ) -> torch.Tensor:
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask, strict=True):
+            prompt = self.tokenizer.decode(ids[mask.bool()])
+            self.prompts.append(prompt)
+            question = prompt.rsplit("Question: ", 1)[1].split("\nRationale:", 1)[0]
+            text = (
+                " We take the numbers of the question one step at a time.\n\nEach step "
+                f"follows.\n\nTherefore, the answer is {self.answers[question]}.\n\n(2 steps)"
+            )
+            new = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            rows.append(torch.cat([ids, torch.tensor([*new, self.tokenizer.eos_token_id])]))
+        pad = self.tokenizer.pad_token_id
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad)
+
+
+def test_gsm8k_is_scored_explain_then_answer_and_a_correct_solver_scores_100(
+    tmp_path: Path, shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline that scored 0 everywhere: the LLM answers the server's request in its
+    chat template, the SLM explains then answers; a model that solves every question must
+    score 100 % on both."""
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|endoftext|>user: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )  # both models have one (a cut student keeps its teacher's): only the LLM's is used
+    rows = load_examples("gsm8k", "train", shared_data_dir)
+    answers = {row.question: row.answer for row in rows}
+    models: dict[str, _Solver] = {}
+
+    def load(config: object, name: str) -> tuple[_Solver, PreTrainedTokenizerFast]:
+        models[name] = _Solver(tokenizer, answers)
+        return models[name], tokenizer
+
+    monkeypatch.setattr(harness, "load_for", load)
+    monkeypatch.setattr(shared_harness, "load_for", load)
+    config = build_config(
+        {
+            "output_dir": str(tmp_path),
+            "algorithm": "fedcot",
+            "data": {"dir": str(shared_data_dir), "tasks": ["gsm8k"], "split": "train[-6:]",
+                     "limit": 6, "train_limit": 9},
+            "federation": {"llm": "server-llm", "slm": "client-slm", "clients": 2},
+            "eval": {"batch_size": 4, "max_new_tokens": 256},
+            "fedcot": {"baselines": ["zero_shot"]},
+        }
+    )  # fmt: skip
+    results = harness.run_fedcot_experiment(config)
+    scores = results["tasks"]["gsm8k"]["baselines"]["zero_shot"]
+    for role in ("llm", "slm"):
+        assert (scores[role]["exact_match"], scores[role]["n"]) == (1.0, 6)
+    llm, slm = models["server-llm"].prompts, models["client-slm"].prompts
+    assert len(llm) == len(slm) == 6
+    assert all(p.startswith("<|endoftext|>user: Solve the problem.") for p in llm)
+    assert all(p.endswith("\nRationale:\nassistant:") for p in llm)  # the chat template
+    assert all(p.startswith("Explain:\nQuestion: ") for p in slm)  # the SLM's own format
+    assert all(p.endswith("\nRationale:") for p in slm)
+    written = read_jsonl(tmp_path / "predictions" / "gsm8k" / "zero_shot" / "llm.jsonl")
+    assert [row["pred"] for row in written] == [row.answer.replace(",", "") for row in rows[-6:]]

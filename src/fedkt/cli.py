@@ -170,7 +170,20 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--config", help="TOML config file (for the cache setting)")
     # _config_from reads these; export takes none of them.
     export.set_defaults(handler=_export, task=None, limit=None, data_dir=None, output_dir=None)
-    for command in (evaluate, finetune, run, student, export):
+
+    retention = commands.add_parser(
+        "retention",
+        help="FedCoT: each mechanism's retention r(eps) on public questions, and the eps "
+        "where it crosses 1, 5, 20, 50, 80 and 95 %% (no LLM)",
+    )
+    retention.add_argument("--config", required=True, help="TOML config file ([fedcot], [data])")
+    retention.add_argument("--task", action="append", help="task name (repeatable)")
+    retention.add_argument(
+        "--questions", type=int, default=200, help="public train questions measured per task"
+    )
+    retention.add_argument("--data-dir", help="local data directory (default: $FEDKT_DATA_DIR)")
+    retention.set_defaults(handler=_retention, limit=None, output_dir=None)
+    for command in (evaluate, finetune, run, student, export, retention):
         command.add_argument(
             "--verbose",
             action="store_true",
@@ -332,6 +345,55 @@ def _export(config: FedktConfig, args: argparse.Namespace) -> int:
         f"{result.seconds:.1f} s; adapter {result.adapter} on {result.base_model})"
     )
     return 0
+
+
+def _retention(config: FedktConfig, args: argparse.Namespace) -> int:
+    """Per task, the knees of every [fedcot] strategy on the first ``--questions`` public train
+    questions (their private fields), over the decoder's kit as a client builds it."""
+    from fedkt.data.cot import label_names, private_fields
+    from fedkt.jobs import task_examples
+    from fedkt.models import load_model_and_tokenizer
+    from fedkt.privacy import build_kit, public_importance
+    from fedkt.privacy.retention import KNEE_TARGETS, Retention, measure_knees, public_tokens
+
+    settings = config.fedcot
+    model, tokenizer = load_model_and_tokenizer(
+        settings.decoder, dtype="float32", device="cpu", cache_dir=config.cache_dir or None
+    )
+    embeddings = model.get_input_embeddings().weight.detach().float().cpu()  # type: ignore[operator]
+    kit = build_kit(
+        tokenizer, embeddings, min_letters=settings.min_letters, partition=settings.candidates
+    )
+    rows = []
+    for task in config.data.tasks:
+        public = task_examples(config, task, "train", 0)
+        labels = label_names(public)
+        fields = [f for e in public[: args.questions] for f in private_fields(e, labels)]
+        tokens = public_tokens(tokenizer, kit, fields)
+        importance = public_importance(tokenizer, [e.question for e in public])
+        for strategy in settings.strategies:
+            curve = Retention(
+                tokens,
+                strategy,
+                importance=importance,
+                cluster_size=settings.cluster_size,
+                inner=settings.custext_inner,
+            )
+            summary = measure_knees(curve, curve_eps=())
+            knees = [_eps_cell(summary["knees"][f"{t:g}"]) for t in KNEE_TARGETS]
+            grid = ", ".join(_eps_cell(e) for e in summary["grid"])
+            rows.append([task, curve.name, f"{100 * summary['r0']:.2g}", *knees, grid])
+    headers = ["task", "mechanism", "r(0) %", *(f"{100 * t:g}%" for t in KNEE_TARGETS), "grid"]
+    print(format_table(headers, rows))
+    print(
+        f"eps where r(eps) reaches each share of the perturbed public tokens ({settings.candidates}"
+        f" kit of {settings.decoder}; metric: eps_d; '-': never crossed in [1e-3, 1e5])"
+    )
+    return 0
+
+
+def _eps_cell(eps: float | None) -> str:
+    return "-" if eps is None else f"{eps:.3g}"
 
 
 def _metric_cells(scores: dict[str, Any]) -> list[str]:

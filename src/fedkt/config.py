@@ -296,9 +296,20 @@ class FedCoTConfig:
     Args:
         decoder: the clients' frozen local LM that recovers rationales (and whose embeddings
             make the perturbation candidates).
-        strategies: DP mechanisms to compare: "em" and/or "aem".
-        eps: privacy budgets to compare (per token for EM; AEM spends the same prompt total);
-            ``inf`` sends the text unperturbed and is run once for both strategies.
+        strategies: DP mechanisms to compare: "em", "aem", "krr", "custext", "metric"
+            (`fedkt.algorithms.fedcot.FedCoTSettings`).
+        eps: privacy budgets to compare (per token for EM, k-RR and CusText; AEM spends the
+            same prompt total; eps_d for metric DP); ``inf`` sends the text unperturbed and
+            is run once for all strategies. The default is the paper's grid, at which EM
+            keeps almost no token. Each mechanism's own grid, the eps where its retention
+            r(eps) on 200 public questions (ARC-Easy and AG News, geometric mean; SmolLM2-135M
+            kit, "classes") crosses 1, 5, 20, 50, 80 and 95 % (`fedkt retention`,
+            bench/fedcot_retention.py, `fedkt.privacy.retention.MEASURED_GRIDS`), each then
+            inf: em 15, 27, 36, 50, 73, 100; aem 19, 30, 40, 54, 78, 110; krr 1.9, 5.9, 8.7,
+            10, 12, 13; custext (K = 20, EM inside; it keeps 1/K = 5 % at eps = 0) 11, 21,
+            35, 55, with k-RR inside 1.5, 2.9, 4.3, 5.9; metric (eps_d) 4, 9.4, 13, 16, 19,
+            24. With "vocabulary" they move little (em 23 to 100, krr 6.2 to 14, metric 8.6
+            to 24).
         baselines: methods to run, in this order.
         alpha: weight of the explain loss (1 - alpha: the predict loss).
         rationale_tokens: new tokens the server LLM may write per rationale.
@@ -310,14 +321,20 @@ class FedCoTConfig:
             the whole vocabulary; only each field's token count, padded to a multiple of
             ``pad_to``, goes out in clear).
         pad_to: the "vocabulary" mode's padding (1: none).
+        cluster_size: CusText's cluster size K.
+        custext_inner: CusText's mechanism inside a cluster, "em" or "krr".
         seed: seeds the SLM adapters' initialisation.
         noise_seed: seeds the perturbation noise, for a reproducible simulation (anyone who
             knows it can replay the noise). Left out: fresh noise from `secrets` per client
             and run, as in a deployment.
+        keep_consistent: keep only the recovered rationales that reach the row's gold answer
+            (the client checks with its own label); off by default.
+        chat_template: the server LLM answers in its chat template where its tokenizer has
+            one (instruction-tuned LLMs), and is scored zero-shot on generative tasks so too.
     """
 
     decoder: str = "smollm2-135m"
-    strategies: tuple[Literal["em", "aem"], ...] = ("em", "aem")
+    strategies: tuple[Literal["em", "aem", "krr", "custext", "metric"], ...] = ("em", "aem")
     eps: tuple[float, ...] = (1.0, 3.0, 5.0, 10.0, float("inf"))
     baselines: tuple[FedCoTBaseline, ...] = FEDCOT_BASELINES
     alpha: float = 0.5
@@ -327,8 +344,12 @@ class FedCoTConfig:
     min_letters: int = 1
     candidates: Literal["classes", "vocabulary"] = "classes"
     pad_to: int = 8
+    cluster_size: int = 20
+    custext_inner: Literal["em", "krr"] = "em"
     seed: int = 0
     noise_seed: int | None = None
+    keep_consistent: bool = False
+    chat_template: bool = True
 
     def __post_init__(self) -> None:
         if not self.strategies or not self.baselines:
@@ -353,9 +374,13 @@ class FedCoTConfig:
             min_letters=self.min_letters,
             candidates=self.candidates,
             pad_to=self.pad_to,
+            cluster_size=self.cluster_size,
+            custext_inner=self.custext_inner,
             train=train,
             seed=self.seed,
             noise_seed=self.noise_seed,
+            keep_consistent=self.keep_consistent,
+            chat_template=self.chat_template,
         )
 
 

@@ -122,6 +122,7 @@ def test_recovery_uses_the_original_question_and_skips_missing_or_degenerate_ans
     recovery = client_recover(decoder, EXAMPLES, sent, responses, settings)
     assert recovery.rationales == {0: RATIONALE}  # q1 had no answer, q2 came back degenerate
     assert (recovery.missing, recovery.rejected) == (1, 1)
+    assert (recovery.degenerate, recovery.failed, recovery.inconsistent) == (0, 1, 0)
     assert len(decoder.prompts) == 2
     assert EXAMPLES[0].question in decoder.prompts[0] and "perturbed one" in decoder.prompts[0]
 
@@ -282,3 +283,133 @@ def test_the_report_says_what_goes_out_in_clear_and_how_unique_it_is(
             assert report["tokens_perturbed"] == 2 * 3 * 8
     # "." and "!" go out in clear with classes; with one vocabulary set only lengths do
     assert unique == {"classes": 1.0, "vocabulary": 0.0}
+
+
+# ---- utility measured where it moves, and GSM8K end to end (issue 13, items 8-9) ----------
+
+
+def _gsm(i: int, question: str, answer: str) -> Example:
+    return Example(
+        id=f"gsm-{i}",
+        context=f"Question: {question}\nAnswer:",
+        choices=(),
+        gold=-1,
+        target=f"Worked out.\n#### {answer}",
+        answer=answer,
+        question=question,
+    )
+
+
+GSM = (
+    _gsm(0, "Tom has 3 apples and buys 4 more. How many apples does he have?", "7"),
+    _gsm(1, "A box holds 12 eggs. How many eggs are in 5 boxes?", "60"),
+    _gsm(2, "A rope of 1,500 cm is cut in 3 equal parts. How long is each part?", "500"),
+)
+
+
+def _solution(answer: str) -> str:
+    """A chat model's answer: paragraphs, the answer line, then more numbers (not graded)."""
+    return (
+        "We read the question and work it out one step at a time.\n\nEach step uses the "
+        f"numbers given.\n\nTherefore, the answer is {answer}.\n\nChecked in 2 steps."
+    )
+
+
+class Solver:
+    """A scripted backend that answers the last question of every prompt correctly (the
+    questions of ``rows``), as a chat model would; ``chat_template`` as a fedkt backend."""
+
+    def __init__(self, rows: Sequence[Example], *, chat_template: bool = False) -> None:
+        self.answers = {row.question: row.answer for row in rows}
+        self.chat_template = chat_template
+        self.settings: list[GenerationSettings] = []
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
+        self.settings.append(settings)
+        questions = [p.rsplit("Question: ", 1)[1].split("\nRationale:", 1)[0] for p in prompts]
+        return [_solution(self.answers[q]) for q in questions]
+
+
+@pytest.mark.parametrize("strategy", ["none", "em"])
+def test_a_server_and_decoder_that_answer_correctly_score_every_rationale(
+    perturber: TextPerturber, strategy: str
+) -> None:
+    # eps = inf: EM sends the text as it is, so the scripted server can read the question
+    settings = FedCoTSettings(strategy=strategy, eps=math.inf)  # type: ignore[arg-type]
+    queries = client_encode(GSM, perturber, settings, torch.Generator().manual_seed(0))
+    server = Solver(GSM, chat_template=True)
+    responses = server_rationales(server, queries.requests, settings)
+    assert "\n\n" not in server.settings[0].stop  # a chat answer's paragraphs do not stop it
+    decoder = Solver(GSM)
+    recovery = client_recover(
+        decoder, GSM, queries.sent_questions, responses, settings, queries.sent_choices
+    )
+    assert len(recovery.rationales) == 3 and recovery.rejected == recovery.missing == 0
+    for index, rationale in recovery.rationales.items():
+        assert "\n\n" not in rationale  # the paragraphs joined: one block of a prompt
+        assert rationale.endswith(f"the answer is {GSM[index].answer}.")
+    utility = recovery.utility()
+    assert utility["server_rationale_acc"] == utility["recovered_rationale_acc"] == 1.0
+    assert utility["server_rationale_correct"] == utility["recovered_rationale_correct"] == 3
+    assert utility["prompts"] == utility["rationales_kept"] == 3
+    assert utility["server_no_answer"] == utility["recovered_no_answer"] == 0
+    assert bool(decoder.settings) == (strategy != "none")  # "none": the server's rationale
+
+
+def test_without_a_chat_template_the_blank_line_still_stops_the_server() -> None:
+    server = Solver(GSM)
+    server_rationales(server, [Request("a", f"Question: {GSM[0].question}\nRationale:")],
+                      FedCoTSettings())  # fmt: skip
+    assert "\n\n" in server.settings[0].stop
+
+
+def test_the_server_answer_is_read_against_the_choices_it_saw(perturber: TextPerturber) -> None:
+    """The server answers the perturbed question: naming the perturbed gold choice reaches
+    the gold answer; the recovered rationale names a real choice."""
+    settings = FedCoTSettings(strategy="em", eps=0.0)
+    queries = client_encode(EXAMPLES[:2], perturber, settings, torch.Generator().manual_seed(3))
+    seen = queries.sent_choices
+    assert all(len(c) == 2 for c in seen) and seen != tuple(e.choices for e in EXAMPLES[:2])
+    gold_seen = seen[0][EXAMPLES[0].gold]  # row 0: gold 0; row 1: the wrong one named
+    wrong_seen = seen[1][1 - EXAMPLES[1].gold]
+    responses = {
+        request_id(0): f"{RATIONALE} Therefore, the answer is {gold_seen}.",
+        request_id(1): f"{RATIONALE} Therefore, the answer is {wrong_seen}.",
+    }
+    real = [
+        f"{RATIONALE} Therefore, the answer is {EXAMPLES[0].choices[EXAMPLES[0].gold]}.",
+        f"{RATIONALE} Therefore, the answer is {EXAMPLES[1].choices[EXAMPLES[1].gold]}.",
+    ]
+    recovery = client_recover(
+        FakeBackend(real), EXAMPLES[:2], queries.sent_questions, responses, settings, seen
+    )
+    assert recovery.server_correct == (True, False)
+    assert recovery.recovered_correct == (True, True)
+
+
+def test_degenerate_rationales_failed_recoveries_and_the_consistency_filter_are_counted() -> None:
+    rows = (*GSM, _gsm(3, "Ann reads 10 pages a day. How many pages in 3 days?", "30"))
+    responses = {
+        # q0: no answer at all (missing)
+        request_id(1): "five five five five five five five five",  # degenerate: repeated
+        request_id(2): "We split the rope in equal parts, each part the same length.",
+        request_id(3): _solution("30"),
+    }
+    recovered = [_solution("400"), "ok"]  # q2: a wrong answer; q3: the recovery failed
+    sent = [row.question for row in rows]
+    for keep in (False, True):
+        settings = FedCoTSettings(strategy="em", eps=1.0, keep_consistent=keep)
+        recovery = client_recover(FakeBackend(recovered), rows, sent, responses, settings)
+        utility = recovery.utility()
+        assert (recovery.missing, recovery.degenerate, recovery.failed) == (1, 1, 1)
+        assert utility["server_no_answer"] == 2  # the repeated one and q2 state no answer
+        assert recovery.server_correct == (False, False, False, True)
+        assert recovery.recovered_correct == (False, False, False, False)
+        assert utility["server_rationale_acc"] == 0.25
+        assert utility["recovered_rationale_acc"] == 0.0
+        # q2's recovered rationale reaches 400, not 500: kept unless the filter is on
+        assert sorted(recovery.rationales) == ([] if keep else [2])
+        assert recovery.inconsistent == int(keep)
+        assert recovery.rejected == 2 + int(keep)
+        counted = len(recovery.rationales) + recovery.missing + recovery.rejected
+        assert counted == len(rows)

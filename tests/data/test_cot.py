@@ -20,7 +20,17 @@ from fedkt.data import (
     recovery_prompt,
     render_question,
 )
-from fedkt.data.cot import ANSWER_PHRASE, label_names, private_fields, render_fields
+from fedkt.data.cot import (
+    ANSWER_PHRASE,
+    answer_choice,
+    cut_rationale,
+    evaluation_example,
+    label_names,
+    llm_evaluation_example,
+    private_fields,
+    render_fields,
+    states_answer,
+)
 from fedkt.errors import ConfigError, DataError
 from fedkt.evaluation import score_choices
 from fedkt.training import IGNORE_INDEX, encode_answer_only
@@ -170,6 +180,46 @@ def test_clean_rationale_keeps_a_normal_rationale_and_cuts_what_follows() -> Non
     assert clean_rationale(two_lines) == two_lines  # single newlines stay
 
 
+def test_clean_rationale_joins_the_paragraphs_of_a_chat_answer() -> None:
+    chat = (
+        "To solve this, we halve 48.\n\nIn May she sold 48 / 2 = 24 clips.\n \n"
+        "In all 48 + 24 = 72.\n\nTherefore, the answer is 72.\n\nAnything else?"
+    )
+    joined = (
+        "To solve this, we halve 48.\nIn May she sold 48 / 2 = 24 clips.\n"
+        "In all 48 + 24 = 72.\nTherefore, the answer is 72."
+    )
+    assert clean_rationale(chat) == cut_rationale(chat) == joined
+    assert cut_rationale("  \n ") == "" and cut_rationale("Question: next?") == "Question: next?"
+
+
+def test_answers_are_read_from_the_answer_line() -> None:
+    choices = ("oxygen", "carbon dioxide", "carbon", "helium gas")
+    assert states_answer("so The answer is 3.") and states_answer("48 / 2 = 24\n#### 24")
+    assert not states_answer("Plants take in carbon dioxide.")
+    assert answer_choice("It is a gas. Therefore, the answer is carbon dioxide.", choices) == 1
+    assert answer_choice("the answer is: Oxygen!\nMore text about helium gas", choices) == 0
+    assert answer_choice("The answer is the carbon dioxide gas.", choices) == 1  # longest held
+    assert answer_choice("The answer is helium gas or oxygen.", choices) == 3
+    assert answer_choice("The answer is neon.", choices) is None
+    assert answer_choice("Carbon dioxide, I think.", choices) is None  # states no answer
+    assert answer_choice("The answer is ab or cd.", ("ab", "cd")) is None  # a tie
+    # the last answer line counts (a rationale may quote the example's phrase first)
+    assert answer_choice("The answer is oxygen? No: the answer is carbon.", choices) == 2
+
+
+def test_the_test_formats_predict_multiple_choice_and_explain_generative_rows() -> None:
+    assert evaluation_example(MC) == predict_example(MC)
+    assert llm_evaluation_example(MC) == predict_example(MC)
+    slm = evaluation_example(GEN)
+    assert slm.context == f"Explain:\nQuestion: {GEN.question}\nRationale:"
+    assert (slm.id, slm.answer, slm.is_generative) == (GEN.id, "72", True)
+    llm = llm_evaluation_example(GEN)  # the request the non-private server answers
+    assert llm.context == rationale_request(GEN.question, "generative")
+    assert (llm.id, llm.answer, llm.is_generative) == (GEN.id, "72", True)
+    assert "#### 72" not in slm.context + llm.context + slm.target + llm.target
+
+
 def test_clean_rationale_min_words() -> None:
     assert clean_rationale("Carbon dioxide feeds plants.", min_words=4) is not None
     assert clean_rationale("Carbon dioxide feeds plants.", min_words=5) is None
@@ -198,8 +248,10 @@ def test_predict_example_keeps_the_choices_and_trains_a_generative_one_on_its_la
     assert predict.training_pair() == (predict.context, TARGET_DELIMITER + "carbon dioxide")
     generative = predict_example(GEN)
     assert generative.context == f"Predict:\nQuestion: {GEN.question}\nAnswer:"
-    # the label only: the row's own worked solution is not what a FedCoT client holds
-    assert (generative.id, generative.target, generative.answer) == (GEN.id, "72", "72")
+    # the label only, stated as a rationale states it: the row's own worked solution is not
+    # what a FedCoT client holds
+    statement = f"{ANSWER_PHRASE} 72."
+    assert (generative.id, generative.target, generative.answer) == (GEN.id, statement, "72")
 
 
 def test_explain_example_trains_on_the_rationale() -> None:
@@ -218,7 +270,7 @@ def test_explain_example_trains_on_the_rationale() -> None:
     ("example", "answer"),
     [
         (predict_example(MC), " carbon dioxide"),
-        (predict_example(GEN), " 72"),
+        (predict_example(GEN), f" {ANSWER_PHRASE} 72."),
         (explain_example(MC, RATIONALE), " " + RATIONALE),
     ],
 )

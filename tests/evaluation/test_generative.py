@@ -11,6 +11,7 @@ import torch
 from fedkt.data import Example
 from fedkt.errors import DataError
 from fedkt.evaluation import (
+    answer_matches,
     correctness,
     evaluate,
     evaluate_exact_match,
@@ -29,6 +30,11 @@ from fedkt.evaluation import (
         ("#### 5\n#### 6", "5"),  # strict-match takes the first
         ("It costs $1,500 in 2 parts, so 750.", "750"),  # fallback: last number
         ("The answer is -3.5.", "-3.5"),
+        # a chain of thought: its answer line wins over numbers after it
+        ("5 + 3 = 8.\n\nTherefore, the answer is 8. (Checked in 2 steps.)", "8"),
+        ("So the answer is: $1,200.\nQuestion: 7 more?", "1200"),
+        ("The answer is 4. No wait, the answer is 5 apples, 3 left.", "5"),  # the last one
+        ("#### 9\nTherefore, the answer is 8.", "9"),  # strict-match still first
         ("no digits here", None),
     ],
 )
@@ -137,3 +143,9 @@ def test_exact_match_refuses_multiple_choice(tiny_llama, tiny_tokenizer):
 def test_evaluating_no_examples_says_so(canned_model, tiny_tokenizer):
     with pytest.raises(DataError, match="no examples to evaluate"):
         evaluate(canned_model, tiny_tokenizer, [])
+
+
+def test_answer_matches_compares_normalised_numbers():
+    assert answer_matches("Therefore, the answer is 1,000.", "1000")
+    assert answer_matches("#### 72", "72") and not answer_matches("the answer is 7", "72")
+    assert not answer_matches("no number", "72")

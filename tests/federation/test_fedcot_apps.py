@@ -121,6 +121,14 @@ def test_one_round_trip_runs_end_to_end(
     for k in range(spec.num_clients):
         report = read_report(Path(str(spec.reports_dir)) / f"client{k}.json")
         outcome, privacy = report["train"], report["privacy"]  # on the client's own disk
+        utility = report["utility"]  # its rationales graded with its own labels, also kept
+        assert utility["prompts"] == 2 and utility["rationales_kept"] == outcome["rationales"]
+        for name in ("server_rationale", "recovered_rationale"):
+            assert 0.0 <= utility[f"{name}_acc"] <= 1.0
+            assert utility[f"{name}_correct"] == round(2 * utility[f"{name}_acc"])
+        dropped = ("server_missing", "server_degenerate", "recovery_failed", "inconsistent_dropped")
+        assert utility["rationales_kept"] + sum(utility[key] for key in dropped) == 2
+        assert "sum" in privacy["composition"]  # a sweep or a repeat pays again
         assert outcome["n"] == 1 and 0.0 <= outcome["acc"] <= 1.0
         assert outcome["train_steps"] >= 1 and math.isfinite(outcome["last_loss"])
         assert outcome["rationales"] + outcome["missing"] + outcome["rejected"] == 2

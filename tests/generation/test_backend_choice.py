@@ -55,8 +55,12 @@ def test_vllm_is_used_when_preferred_available_and_given_a_path(
     tiny_llama, tiny_tokenizer, monkeypatch
 ):
     monkeypatch.setattr(backends_module, "vllm_available", lambda: True)
-    monkeypatch.setattr(backends_module, "VllmBackend", lambda path: ("vllm", path))
-    assert make_backend(None, None, model_path="/models/llm") == ("vllm", "/models/llm")
+    monkeypatch.setattr(
+        backends_module, "VllmBackend", lambda path, chat_template: ("vllm", path, chat_template)
+    )
+    assert make_backend(None, None, model_path="/models/llm") == ("vllm", "/models/llm", False)
+    chat = make_backend(None, None, model_path="/models/llm", chat_template=True)
+    assert chat == ("vllm", "/models/llm", True)
     off = make_backend(tiny_llama, tiny_tokenizer, prefer_vllm=False, model_path="/models/llm")
     assert isinstance(off, TransformersBackend)
     assert isinstance(make_backend(tiny_llama, tiny_tokenizer), TransformersBackend)
@@ -78,8 +82,13 @@ def fake_vllm(monkeypatch):
 
         def generate(self, prompts, params, use_tqdm=True):
             seen["params"] = [p.kwargs for p in params]
+            seen["prompts"] = prompts
             out = types.SimpleNamespace
-            return [out(outputs=[out(text=p.upper() + " STOP tail")]) for p in prompts]
+            texts = [p if isinstance(p, str) else repr(p) for p in prompts]
+            return [out(outputs=[out(text=t.upper() + " STOP tail")]) for t in texts]
+
+        def get_tokenizer(self):
+            return seen["tokenizer"]
 
     vars(module).update(SamplingParams=SamplingParams, LLM=LLM)
     monkeypatch.setitem(sys.modules, "vllm", module)
@@ -104,3 +113,18 @@ def test_vllm_backend_without_vllm_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(ModelError, match=r"pip install 'fedkt\[vllm\]'"):
         VllmBackend("/models/llm")
+
+
+def test_vllm_backend_sends_chat_templated_token_ids_when_asked(fake_vllm, tiny_tokenizer):
+    chat = tiny_tokenizer.__class__(tokenizer_object=tiny_tokenizer.backend_tokenizer)
+    chat.chat_template = "{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}bot:"
+    fake_vllm["tokenizer"] = chat
+    backend = VllmBackend("/models/llm", chat_template=True)
+    assert backend.chat_template
+    backend.generate(["Which gas?"], GenerationSettings())
+    [sent] = fake_vllm["prompts"]
+    assert chat.decode(sent["prompt_token_ids"]) == "user: Which gas?\nbot:"
+    plain = VllmBackend("/models/llm")  # the default: raw prompts, no tokenizer needed
+    assert not plain.chat_template
+    plain.generate(["Which gas?"], GenerationSettings())
+    assert fake_vllm["prompts"] == ["Which gas?"]

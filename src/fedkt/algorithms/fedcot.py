@@ -17,13 +17,16 @@ One round trip:
   3. rationale    r'_i = LLM(p_i), near-greedy, keyed by id                              (<- server)
   4. recover      r_i = LM_local(worked example + (x'_i, r'_i) + the ORIGINAL x_i), filtered
   5. train        L = alpha CE(explain: x_i -> r_i) + (1 - alpha) CE(predict: x_i -> y_i)
-Evaluation uses the predict prefix.
+Evaluation uses the predict prefix for multiple choice and explain-then-answer for generative
+reasoning tasks (`fedkt.data.cot.evaluation_example`). Utility is measured where it moves:
+each client grades, with its own labels, the server's rationales (do they reach the gold
+answer of the real question?) and the recovered ones (`Recovery.utility`), beside its SLM.
 
 What leaves a client is the perturbed request text and its opaque id, then a bare
 acknowledgement of the rationales it received (a count the server already knows), nothing
 else: its privacy report (per-token budgets, audit rates, the gold-answer leak rate, the
-pattern's uniqueness), losses and rationale counts are derived from its private rows and
-stay on its disk. Outside a seeded simulation (``noise_seed`` None) the noise is drawn from
+pattern's uniqueness), losses, rationale counts and accuracies are derived from its private
+rows and stay on its disk. Outside a seeded simulation (``noise_seed`` None) the noise is drawn from
 the OS's secure source afresh for every client and run (`noise_generator`). The reference
 code's bugs are avoided: Delta u = 2 for cosine utility, a fixed candidate set,
 numbers perturbed, responses matched by id, EOS learned, rationales filtered
@@ -37,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -47,7 +50,9 @@ from transformers import PreTrainedTokenizerBase
 from fedkt.data import Example
 from fedkt.data.cot import (
     RATIONALE_STOP,
+    answer_choice,
     clean_rationale,
+    cut_rationale,
     explain_example,
     predict_example,
     private_fields,
@@ -55,18 +60,20 @@ from fedkt.data.cot import (
     recovery_prompt,
     render_fields,
     render_question,
+    states_answer,
 )
 from fedkt.errors import ConfigError
+from fedkt.evaluation import answer_matches, mean_stderr
 from fedkt.generation import (
     Backend,
     GenerationSettings,
     Request,
     ResponseStore,
+    applies_chat_template,
     generate_responses,
 )
 from fedkt.privacy import (
     PARTITIONS,
-    RELEASED_IN_CLEAR,
     Partition,
     PerturbationKit,
     PerturbedText,
@@ -81,10 +88,14 @@ from fedkt.privacy import (
     secure_generator,
     unperturbed,
 )
+from fedkt.privacy.custext import DEFAULT_CLUSTER_SIZE, INNERS, Inner, cluster_kit
+from fedkt.privacy.inversion import mechanism_recovery
+from fedkt.privacy.perturb import Strategy as TokenStrategy
+from fedkt.privacy.perturb import mechanism_guarantee
 from fedkt.training import TrainReport, TrainSettings, derive_seed, train_multitask
 
-Strategy = Literal["em", "aem", "none"]
-STRATEGIES: tuple[Strategy, ...] = ("em", "aem", "none")
+Strategy = Literal["em", "aem", "krr", "custext", "metric", "none"]
+STRATEGIES: tuple[Strategy, ...] = ("em", "aem", "krr", "custext", "metric", "none")
 
 
 @dataclass(frozen=True)
@@ -93,8 +104,12 @@ class FedCoTSettings:
 
     Args:
         strategy: "em" (Exponential Mechanism per token), "aem" (adaptive EM: the same prompt
-            budget spread by public token importance) or "none" (the non-private upper bound:
-            the server sees the raw question).
+            budget spread by public token importance), "krr" (k-ary randomized response over
+            the token's candidate set: the most tokens kept at an eps), "custext" (EM or k-RR
+            within a fixed cluster of public nearest neighbours; the cluster is released),
+            "metric" (d_X-privacy, d = sqrt(2 - 2 cos); ``eps`` is eps_d) or "none" (the
+            non-private upper bound: the server sees the raw question). Each one's guarantee
+            in words: `fedkt.privacy.perturb.mechanism_guarantee`, in the privacy report.
         eps: per-token budget of EM; AEM spreads ``eps x tokens`` of each private field
             over that field's tokens (so the prompt total is ``eps x tokens`` too). ``inf``
             sends the text unchanged (still recorded as such). Only the private fields'
@@ -116,12 +131,25 @@ class FedCoTSettings:
             any token, so only the padded length shows: on ARC-Easy the per-field token
             counts single out ~78 % of the train questions, padded to 8 ~2 %. Not used
             with "classes" (its filler would pass in clear).
+        cluster_size: "custext"'s K, the size of its public clusters.
+        custext_inner: "custext"'s mechanism inside a cluster: "em" or "krr".
         train: the SLM's multi-task training.
         seed: seeds the SLM's adapter initialisation (not the noise).
         noise_seed: seeds the perturbation noise (with the client's partition), for
             reproducible simulations and tests only: whoever knows it can replay the noise.
             None (the default): every client draws fresh noise from the OS's secure source
             (`secrets`) for every run, the only setting with a real guarantee.
+        keep_consistent: keep only recovered rationales whose answer is the row's gold answer
+            (the client checks with its own label; the others are dropped and counted as
+            ``inconsistent``). Off by default: the filter leaves fewer, more on-target
+            rationales, and which helps the SLM is an empirical question; either way the
+            rationale accuracies are measured before it. The other fix the literature uses,
+            giving the gold answer to the recovery prompt (rationalisation), is not offered:
+            the recovered rationale would then reach the gold answer by construction and its
+            accuracy would say nothing about the server's help.
+        chat_template: the server LLM answers each request as the user's turn of its chat
+            template, where its tokenizer has one (an instruction-tuned LLM: fed a raw
+            prompt it continues text instead); its end-of-turn then ends a rationale.
     """
 
     strategy: Strategy = "em"
@@ -137,9 +165,13 @@ class FedCoTSettings:
     min_letters: int = 1
     candidates: Partition = "classes"
     pad_to: int = 8
+    cluster_size: int = DEFAULT_CLUSTER_SIZE
+    custext_inner: Inner = "em"
     train: TrainSettings = field(default_factory=TrainSettings)
     seed: int = 0
     noise_seed: int | None = None
+    keep_consistent: bool = False
+    chat_template: bool = True
 
     def __post_init__(self) -> None:
         if self.candidates not in PARTITIONS:
@@ -156,6 +188,11 @@ class FedCoTSettings:
             raise ConfigError(f"fedcot alpha={self.alpha} must be in [0, 1]")
         if self.pad_to < 1:
             raise ConfigError(f"fedcot pad_to={self.pad_to} must be >= 1 (1: no padding)")
+        if self.cluster_size < 2 or self.custext_inner not in INNERS:
+            raise ConfigError(
+                f"fedcot cluster_size={self.cluster_size} must be >= 2 and custext_inner="
+                f"{self.custext_inner!r} one of {list(INNERS)}"
+            )
         if self.min_rationale_words < 1 or self.min_letters < 1:
             raise ConfigError(
                 f"fedcot min_rationale_words={self.min_rationale_words} and min_letters="
@@ -177,13 +214,30 @@ def make_perturber(
     settings: FedCoTSettings,
     importance: torch.Tensor | None = None,
 ) -> TextPerturber:
-    """The mechanism of ``settings`` over ``kit`` (built with ``settings.candidates``): EM or
-    AEM, padding each field to ``pad_to`` under "vocabulary". "none" gets one too: its
+    """The mechanism of ``settings`` over ``kit`` (built with ``settings.candidates``),
+    padding each field to ``pad_to`` under "vocabulary". "none" gets an EM one too: its
     tokenizer records what is sent."""
-    mechanism: Literal["em", "aem"] = "aem" if settings.strategy == "aem" else "em"
+    mechanism: TokenStrategy = "em" if settings.strategy == "none" else settings.strategy
     pad_to = settings.pad_to if settings.candidates == "vocabulary" else 1
-    return TextPerturber(tokenizer, kit, mechanism, importance, pad_to=pad_to)
+    return TextPerturber(
+        tokenizer,
+        kit,
+        mechanism,
+        importance,
+        pad_to=pad_to,
+        cluster_size=settings.cluster_size,
+        inner=settings.custext_inner,
+    )
 
+
+COMPOSITION = (
+    "per run: every run that perturbs the same private rows again spends its budget again "
+    "(sequential composition), so in a deployment a sweep of eps points, or a repeated run, "
+    "costs each client the sum of the points' prompt eps, and any point that sends the rows "
+    "in clear (eps = inf, the non-private bound) releases them outright"
+)
+"""What a run's eps means once runs repeat (every privacy report says it; the harness sums
+the points of a sweep per client)."""
 
 NOISE_SECRETS = "secrets"
 NOISE_SEEDED = "seeded"
@@ -225,6 +279,16 @@ class ClientQueries:
     def sent_questions(self) -> tuple[str, ...]:
         """The perturbed questions, in request order (what recovery pairs the rationales with)."""
         return tuple(p.text for p in self.perturbed)
+
+    @property
+    def sent_choices(self) -> tuple[tuple[str, ...], ...]:
+        """Each question's choices as the server saw them (perturbed, or the public label
+        names; () for a generative row), in request order: the client reads the server's
+        answer against them (`client_recover`)."""
+        return tuple(
+            sent[1:] if len(sent) > 1 else example.choices
+            for example, sent in zip(self.examples, self.perturbed_fields, strict=True)
+        )
 
 
 def client_encode(
@@ -283,9 +347,15 @@ def server_rationales(
 ) -> dict[str, str]:
     """Step 3: the LLM's rationale for every request, keyed by request id.
 
-    With a `ResponseStore` on disk, ids answered before a crash are not generated again.
+    With a `ResponseStore` on disk, ids answered before a crash are not generated again. A
+    backend that answers in its model's chat template (`applies_chat_template`) ends a
+    rationale with its end-of-turn token: the blank-line stop is dropped there (a chat
+    answer's paragraphs are separated by blank lines; `clean_rationale` joins them).
     """
-    return generate_responses(backend, requests, settings.rationale, store, progress=True)
+    generation = settings.rationale
+    if applies_chat_template(backend):
+        generation = replace(generation, stop=tuple(s for s in generation.stop if s.strip()))
+    return generate_responses(backend, requests, generation, store, progress=True)
 
 
 # ---- client, steps 4-5: recover and train -------------------------------------------------
@@ -293,11 +363,57 @@ def server_rationales(
 
 @dataclass(frozen=True)
 class Recovery:
-    """Step 4's outcome: a rationale per example index, and what was dropped."""
+    """Step 4's outcome: a rationale per example index, what was dropped and why, and how
+    often the rationales reach the gold answer. Every number is the client's own (measured
+    with its labels): it goes to its report file, never into a message.
+
+    Every example is in exactly one of: ``rationales`` (kept), ``missing`` (no server
+    rationale, or an empty one), ``degenerate`` (the server's rationale too short or
+    repetitive: not worth recovering), ``failed`` (the recovery came back empty or
+    degenerate) and ``inconsistent`` (recovered, but not reaching the gold answer, dropped
+    with ``keep_consistent``); ``rejected`` is the sum of the last three.
+    ``server_correct[i]`` says whether the server's rationale for row i reaches the gold
+    answer of the real question (a missing one does not); ``recovered_correct[i]`` the same
+    of the recovered rationale, before the consistency filter. ``server_no_answer`` and
+    ``recovered_no_answer`` count rationales that state no answer at all
+    (`fedkt.data.cot.states_answer`).
+    """
 
     rationales: dict[int, str]
-    missing: int  # no (usable) server answer for the request
-    rejected: int  # recovered text empty or degenerate
+    missing: int
+    rejected: int
+    degenerate: int = 0
+    failed: int = 0
+    inconsistent: int = 0
+    server_no_answer: int = 0
+    recovered_no_answer: int = 0
+    server_correct: tuple[bool, ...] = ()
+    recovered_correct: tuple[bool, ...] = ()
+
+    def utility(self) -> dict[str, float]:
+        """The client's rationale numbers (for its own report): the server rationale's and
+        the recovered rationale's answer accuracy over all its prompts (each with its
+        standard error and count; "prompts": the denominator), and the counts of what was
+        dropped."""
+        out: dict[str, float] = {"prompts": len(self.server_correct)}
+        for name, correct in (
+            ("server_rationale", self.server_correct),
+            ("recovered_rationale", self.recovered_correct),
+        ):
+            if correct:
+                acc, stderr = mean_stderr([float(c) for c in correct])
+                out |= {f"{name}_acc": acc, f"{name}_acc_stderr": stderr}
+            out[f"{name}_correct"] = sum(correct)
+        return {
+            **out,
+            "rationales_kept": len(self.rationales),
+            "server_missing": self.missing,
+            "server_degenerate": self.degenerate,
+            "server_no_answer": self.server_no_answer,
+            "recovery_failed": self.failed,
+            "recovered_no_answer": self.recovered_no_answer,
+            "inconsistent_dropped": self.inconsistent,
+        }
 
 
 def client_recover(
@@ -306,6 +422,7 @@ def client_recover(
     sent_questions: Sequence[str],
     responses: Mapping[str, str],
     settings: FedCoTSettings,
+    server_choices: Sequence[Sequence[str]] | None = None,
 ) -> Recovery:
     """Step 4: recover a rationale for each ORIGINAL question with the frozen local LM.
 
@@ -313,8 +430,23 @@ def client_recover(
     locally since step 1); ``responses`` maps request ids to the server's rationales, missing
     or empty ones being skipped. Without perturbation ("none") the server's rationale already
     answers the real question and is only cleaned.
+
+    The client also grades every rationale against its own gold labels (`Recovery`): a
+    generative answer by the number it ends on (as the SLM is scored), a multiple-choice
+    answer by the choice its answer line names. The server answered the perturbed question,
+    so its choice is read against ``server_choices[i]``, the choices as it saw them (the
+    perturbed ones; None: the examples' own, right for "none"): it reaches the gold answer
+    when it names the gold position. With ``settings.keep_consistent`` only recovered
+    rationales that reach the gold answer are kept.
     """
-    answered = [i for i in range(len(examples)) if responses.get(request_id(i), "").strip()]
+    n = len(examples)
+    seen = [e.choices for e in examples] if server_choices is None else server_choices
+    server_texts = [cut_rationale(responses.get(request_id(i), "")) for i in range(n)]
+    server_correct = tuple(
+        _reaches(text, example, choices)
+        for text, example, choices in zip(server_texts, examples, seen, strict=True)
+    )
+    answered = [i for i in range(n) if responses.get(request_id(i), "").strip()]
     words = settings.min_rationale_words
     usable = {
         i: text
@@ -331,13 +463,43 @@ def client_recover(
             for i, text in usable.items()
         ]
         texts = decoder.generate(prompts, settings.recovery) if prompts else []
-    rationales = {}
+    recovered = {}
     for index, text in zip(usable, texts, strict=True):
         cleaned = clean_rationale(text, min_words=words)
         if cleaned is not None:
-            rationales[index] = cleaned
-    missing = len(examples) - len(answered)
-    return Recovery(rationales, missing, rejected=len(answered) - len(rationales))
+            recovered[index] = cleaned
+    recovered_correct = tuple(
+        i in recovered and _reaches(recovered[i], examples[i], examples[i].choices)
+        for i in range(n)
+    )
+    kept = {
+        i: text
+        for i, text in recovered.items()
+        if recovered_correct[i] or not settings.keep_consistent
+    }
+    return Recovery(
+        kept,
+        missing=n - len(answered),
+        rejected=len(answered) - len(kept),
+        degenerate=len(answered) - len(usable),
+        failed=len(usable) - len(recovered),
+        inconsistent=len(recovered) - len(kept),
+        server_no_answer=sum(not states_answer(server_texts[i]) for i in answered),
+        recovered_no_answer=sum(not states_answer(text) for text in recovered.values()),
+        server_correct=server_correct,
+        recovered_correct=recovered_correct,
+    )
+
+
+def _reaches(rationale: str, example: Example, choices: Sequence[str]) -> bool:
+    """True when ``rationale`` ends on the gold answer of ``example``: the same number
+    (generative, read as the evaluator reads it) or the choice at the gold position of
+    ``choices`` (the choices as the rationale's writer saw them)."""
+    if not rationale.strip():
+        return False
+    if example.is_generative:
+        return answer_matches(rationale, example.answer)
+    return answer_choice(rationale, choices) == example.gold
 
 
 def request_id(index: int) -> str:
@@ -387,6 +549,8 @@ def privacy_report(
       without looking at the output (the baseline the attack lifts off).
     - ``gold_answer_leak_rate``: share of prompts whose gold answer appears in the perturbed
       private fields (not in the public instruction and worked example around them).
+    - ``composition``: that these budgets are per run (`COMPOSITION`): a sweep or a repeated
+      run over the same rows pays the sum.
     - ``pattern_unique_rate``: share of prompts whose released pattern no other text (of
       ``reference``, the task's public questions as private fields, or of this client's)
       shares; ``pattern_unique_public``: the same share within ``reference`` alone. Needs
@@ -397,32 +561,37 @@ def privacy_report(
     summary.pop("strategies")
     plain = settings.strategy == "none"
     in_clear = plain or math.isinf(settings.eps)
+    # what an observer sees of each perturbed token: its set, or its cluster under custext
+    seen = kit
+    if settings.strategy == "custext":
+        seen = cluster_kit(kit, settings.cluster_size)
     if plain:
         audit: dict[str, float] = {"protected_recovered": 1.0, "all_recovered": 1.0}
     else:
-        audit = inversion_recovery(queries.perturbed, kit, settings.eps, settings.strategy)
+        audit = _recovery(queries.perturbed, kit, settings, None)
         if log_prior is not None:
-            informed = inversion_recovery(
-                queries.perturbed, kit, settings.eps, settings.strategy, log_prior=log_prior
-            )
+            informed = _recovery(queries.perturbed, kit, settings, log_prior)
             audit["protected_recovered_prior"] = informed["protected_recovered"]
-            audit.update(prior_only_recovery(queries.perturbed, kit, log_prior))
+            audit.update(prior_only_recovery(queries.perturbed, seen, log_prior))
     golds = [_gold_text(example) for example in queries.examples]
     private_sent = ["\n".join(fields) for fields in queries.perturbed_fields]
+    guarantee = _guarantee(kit, settings, in_clear)
     report: dict[str, Any] = {
         "strategy": settings.strategy,
         "eps": settings.eps,
         "noise": "none (nothing perturbed)" if in_clear else noise,
         "candidates": "none" if plain else settings.candidates,
-        "released_in_clear": "everything" if in_clear else RELEASED_IN_CLEAR[settings.candidates],
+        "released_in_clear": "everything" if in_clear else guarantee["released_in_clear"],
+        "guarantee": guarantee,
         **summary,
         **audit,
         "gold_answer_leak_rate": answer_leak_rate(private_sent, golds),
+        "composition": COMPOSITION,
     }
     if perturber is not None:
         uniqueness = pattern_uniqueness(
             perturber.tokenizer,
-            None if in_clear else kit,
+            None if in_clear else seen,
             queries.fields,
             reference,
             pad_to=1 if in_clear else perturber.pad_to,
@@ -430,6 +599,52 @@ def privacy_report(
         )
         report.update(uniqueness)
     return report
+
+
+def _recovery(
+    perturbed: Sequence[PerturbedText],
+    kit: PerturbationKit,
+    settings: FedCoTSettings,
+    log_prior: torch.Tensor | None,
+) -> dict[str, float]:
+    """The MAP attacker of the strategy: `inversion_recovery` for EM and AEM,
+    `mechanism_recovery` for k-RR, CusText and metric DP."""
+    if settings.strategy in ("em", "aem"):
+        return inversion_recovery(
+            perturbed, kit, settings.eps, settings.strategy, log_prior=log_prior
+        )
+    return mechanism_recovery(
+        perturbed,
+        kit,
+        settings.strategy,
+        settings.eps,
+        cluster_size=settings.cluster_size,
+        inner=settings.custext_inner,
+        log_prior=log_prior,
+    )
+
+
+def _guarantee(kit: PerturbationKit, settings: FedCoTSettings, in_clear: bool) -> dict[str, Any]:
+    """The strategy's guarantee in words (`mechanism_guarantee`); none when nothing is
+    perturbed."""
+    if in_clear:
+        return {
+            "mechanism": settings.strategy,
+            "statement": "not private: the private fields are sent as they are",
+            "released_in_clear": "everything",
+        }
+    if settings.candidates != kit.partition:
+        raise ConfigError(
+            f"privacy_report: settings say candidates={settings.candidates!r} but the kit is "
+            f"a {kit.partition!r} kit; pass the kit the perturber used."
+        )
+    return mechanism_guarantee(
+        settings.strategy,
+        settings.eps,
+        kit,
+        cluster_size=settings.cluster_size,
+        inner=settings.custext_inner,
+    )
 
 
 def _gold_text(example: Example) -> str:

@@ -10,7 +10,8 @@ Only strings live here; perturbation is `fedkt.privacy`'s job and training is
   would invite "the answer is B", which the predict task never uses.
 - Prompts are blocks joined by a blank line: instruction, worked example, (recovery only) the
   perturbed demonstration, then ``"Question: ...\\nRationale:"``. So a blank line or a new
-  ``"Question:"`` ends a rationale (`RATIONALE_STOP`).
+  ``"Question:"`` ends a raw continuation (`RATIONALE_STOP`); a model answering in its chat
+  template ends its turn instead, and only ``"Question:"`` stops it (`CHAT_RATIONALE_STOP`).
 - The spec writes the training prefixes as ``"Answer:\\n"`` and ``"Rationale:\\n"``. fedkt's
   evaluators put `TARGET_DELIMITER` (one space) between context and every continuation, so
   the contexts here end at ``"Answer:"`` / ``"Rationale:"`` and the space comes from
@@ -22,11 +23,24 @@ Only strings live here; perturbation is `fedkt.privacy`'s job and training is
   they are (`render_fields` puts the perturbed fields back into the template).
 - Derived examples keep the source id unchanged: predict and explain examples live in
   separate lists, and `train_multitask` pairs a question's two tasks by that shared id.
+- Test formats (`evaluation_example`): a multiple-choice task is scored with the spec's
+  predict prefix (log-likelihood of each choice); a generative reasoning task (GSM8K) is
+  scored explain-then-answer: the model writes a rationale after the explain prefix and the
+  number its answer line names is graded. A bare number after "Answer:" asks a small model
+  to do the arithmetic in one token, which scores ~0 for every method. The server LLM is
+  scored on the request it answers in the protocol (`llm_evaluation_example`).
+- A generative predict target states the answer as every rationale does
+  (``"Therefore, the answer is 72."``), so the answer is read the same way whichever task
+  a model learned it from.
+- An instruction-tuned server answers in its chat template with paragraphs; a rationale's
+  blank lines are joined into single line breaks (`clean_rationale`), so one rationale stays
+  one prompt block.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import string
 from collections import Counter
 from collections.abc import Sequence
@@ -44,6 +58,10 @@ RATIONALE_STOP: tuple[str, ...] = ("\n\n", "\nQuestion:")
 """Stop strings for the server's and the recovery generation: prompt blocks are separated by
 a blank line, so either marks the start of a next block, not more rationale."""
 
+CHAT_RATIONALE_STOP: tuple[str, ...] = ("\nQuestion:",)
+"""The server's stop strings when it answers in its chat template: its end-of-turn token ends
+the answer, whose paragraphs are separated by blank lines (joined by `clean_rationale`)."""
+
 MAX_TOP_WORD_SHARE = 0.5
 """`clean_rationale` rejects text in which one word makes up more than half of the words."""
 
@@ -51,6 +69,10 @@ MIN_DISTINCT_WORD_RATIO = 0.2
 """`clean_rationale` rejects text whose distinct words are fewer than 20 % of its words (a few
 words shuffled or cycled). The ratio falls with length; all 7,473 GSM8K training solutions
 (up to ~200 words, the length of a 256-token rationale) stay above 0.27."""
+
+ANSWER_CUE = re.compile(r"the answer is|####", re.IGNORECASE)
+"""What states an answer in a rationale (`states_answer`): the end of `ANSWER_PHRASE`, in
+any case ("The answer is 3."), or GSM8K's ``####``."""
 
 LOOP_NGRAM = 4
 MIN_DISTINCT_NGRAM_RATIO = 0.5
@@ -207,7 +229,9 @@ def recovery_prompt(
 def clean_rationale(text: str, *, min_words: int = 5) -> str | None:
     """A generated rationale cut to its first block, or None when it is empty or degenerate.
 
-    Cleaning: strip; cut at the first `RATIONALE_STOP`; cut after the line that says
+    Cleaning: strip; join paragraphs (a blank line becomes one line break: a chat model's
+    answer has paragraphs, and the prompt formats use blank lines between blocks); cut at
+    the first `RATIONALE_STOP` (a new ``"Question:"`` line); cut after the line that says
     `ANSWER_PHRASE` (what follows it is not rationale); strip again. Rejected (None): fewer
     than `min_words` words (punctuation-only tokens do not count), no letter at all, one word
     above `MAX_TOP_WORD_SHARE` of the words, distinct words below `MIN_DISTINCT_WORD_RATIO` of
@@ -224,19 +248,98 @@ def clean_rationale(text: str, *, min_words: int = 5) -> str | None:
     return None if _repetitive(words) else cleaned
 
 
+def cut_rationale(text: str) -> str:
+    """`clean_rationale`'s cut without its filter: paragraphs joined, cut at the first stop
+    and after the answer line (what the client reads an answer from); may be empty."""
+    return _cut(text)
+
+
 def predict_example(example: Example) -> Example:
     """The predict task: ``"Predict:\\nQuestion: {q}\\nChoices: {choices}\\nAnswer:"``.
 
     A multiple-choice example keeps choices and gold, so the log-likelihood evaluator scores
     it with this prefix (the spec's test format). A generative one is trained on its label
-    only, the final answer (GSM8K: "72", not the worked solution): FedCoT's premise is that a
+    only, the final answer stated as a rationale states it (`answer_statement`, GSM8K:
+    "Therefore, the answer is 72.", not the worked solution): FedCoT's premise is that a
     client holds questions and labels, and rationales come from the LLM. A row's own human
     rationale would otherwise reach the label-only baseline and the predict task.
     """
     context = f"Predict:\nQuestion: {render_question(example)}\nAnswer:"
     if example.is_generative:
-        return dataclasses.replace(example, context=context, target=example.answer)
+        target = answer_statement(example.answer)
+        return dataclasses.replace(example, context=context, target=target)
     return dataclasses.replace(example, context=context)
+
+
+def answer_statement(answer: str) -> str:
+    """``"Therefore, the answer is <answer>."``: how every rationale ends."""
+    return f"{ANSWER_PHRASE} {answer.strip()}."
+
+
+def evaluation_example(example: Example) -> Example:
+    """The row every client SLM (and the harness's SLM baselines) is scored on.
+
+    Multiple choice: the predict prefix, scored by log-likelihood (the spec's test format).
+    Generative: explain-then-answer, ``"Explain:\\nQuestion: {q}\\nRationale:"``; the model
+    writes its rationale and the number it ends on is graded against ``answer`` (exact
+    match). The generation budget must hold a whole rationale (GSM8K: ~256 new tokens).
+    """
+    if not example.is_generative:
+        return predict_example(example)
+    return explain_example(example, answer_statement(example.answer))
+
+
+def llm_evaluation_example(example: Example) -> Example:
+    """The row the server LLM is scored on: multiple choice as `evaluation_example`; a
+    generative question as the protocol's request for the raw question (instruction, worked
+    example, ``"Question: {q}\\nRationale:"``), i.e. what the non-private server answers.
+    Generate it in the LLM's chat template where it has one (`fedkt.generation.chat`)."""
+    if not example.is_generative:
+        return predict_example(example)
+    request = rationale_request(render_question(example), "generative")
+    return dataclasses.replace(
+        example, context=request, target=answer_statement(example.answer), choices=()
+    )
+
+
+def states_answer(text: str) -> bool:
+    """True when a rationale states an answer (`ANSWER_CUE`)."""
+    return ANSWER_CUE.search(text) is not None
+
+
+def answer_choice(text: str, choices: Sequence[str]) -> int | None:
+    """The index of the choice a rationale's answer names, or None.
+
+    The answer is what follows the last "the answer is" (any case) up to the end of its
+    line. It names a choice when, lower-cased with punctuation removed, it equals the
+    choice, or else holds it as whole words (the longest such choice; None when two of
+    equal length tie, or none is there). Pass the choices as the rationale's writer saw
+    them: the server saw the perturbed choices, a recovered rationale the real ones.
+    """
+    matches = list(re.finditer(r"the answer is", text, re.IGNORECASE))
+    if not matches:
+        return None
+    line = text[matches[-1].end() :].split("\n", 1)[0]
+    said = _words(line)
+    names = [_words(choice) for choice in choices]
+    if said in names:
+        return names.index(said)
+    found = [
+        (len(name), i)
+        for i, name in enumerate(names)
+        if name and re.search(rf"(?:^| ){re.escape(name)}(?: |$)", said)
+    ]
+    if not found:
+        return None
+    found.sort(reverse=True)
+    if len(found) > 1 and found[0][0] == found[1][0]:
+        return None
+    return found[0][1]
+
+
+def _words(text: str) -> str:
+    """Lower-cased words, punctuation removed, single spaces."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def explain_example(example: Example, rationale: str) -> Example:
@@ -280,8 +383,9 @@ def _prompt(kind: str, demonstrations: list[tuple[str, str]], question: str) -> 
 
 
 def _cut(text: str) -> str:
-    """`text` up to its first stop string, and up to the end of its answer line."""
-    text = text.strip()
+    """`text` with its paragraphs joined, up to its first stop string, and up to the end of
+    its answer line."""
+    text = re.sub(r"\n[ \t]*(?:\n[ \t]*)+", "\n", text.strip())
     for stop in RATIONALE_STOP:  # each split keeps the part before that stop's first match
         text = text.split(stop, 1)[0]
     answer_at = text.find(ANSWER_PHRASE)

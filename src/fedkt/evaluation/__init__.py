@@ -11,6 +11,7 @@ from fedkt.evaluation.dispatch import Evaluation, correctness, evaluate, evaluat
 from fedkt.evaluation.encoding import Request, encode_request, resolve_max_length
 from fedkt.evaluation.generative import (
     STOP_STRING,
+    answer_matches,
     evaluate_exact_match,
     exact_match_rows,
     exact_match_scores,
@@ -36,6 +37,7 @@ __all__ = [
     "ChoicePrediction",
     "Evaluation",
     "Request",
+    "answer_matches",
     "choice_rows",
     "correctness",
     "encode_request",

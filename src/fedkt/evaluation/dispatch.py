@@ -38,11 +38,14 @@ def evaluate_rows(
     batch_size: int = 16,
     max_new_tokens: int = 256,
     progress: bool = False,
+    chat_template: bool = False,
 ) -> Evaluation:
     """Exact match for generative examples, else multiple-choice acc / acc_norm, with rows.
 
-    `max_new_tokens` only matters for generative tasks. Mixed kinds are refused: their metrics
-    do not average.
+    `max_new_tokens` and `chat_template` (generate in the tokenizer's chat template, where it
+    has one: for instruction-tuned models) only matter for generative tasks; multiple choice
+    scores the bare contexts' continuations. Mixed kinds are refused: their metrics do not
+    average.
     """
     if not examples:
         raise DataError(
@@ -64,6 +67,7 @@ def evaluate_rows(
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             progress=progress,
+            chat_template=chat_template,
         )
         return Evaluation(exact_match_scores(rows), rows)
     rows = multiple_choice_rows(
@@ -80,6 +84,7 @@ def evaluate(
     batch_size: int = 16,
     max_new_tokens: int = 256,
     progress: bool = False,
+    chat_template: bool = False,
 ) -> dict[str, float]:
     """The scores of `evaluate_rows` (metrics, their ``_stderr`` and ``n``), without rows."""
     return evaluate_rows(
@@ -89,6 +94,7 @@ def evaluate(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         progress=progress,
+        chat_template=chat_template,
     ).scores
 
 

@@ -3,9 +3,13 @@
 Per task the train rows are cut as for FedCoLLM (K + 1 equal random parts): the K client
 parts are the private labelled questions, the last part is public text (the adaptive
 mechanism's token importance only). Every method is scored on the same evaluation rows,
-with FedCoT's predict prefix:
+with FedCoT's predict prefix on multiple choice and explain-then-answer on generative
+reasoning tasks (GSM8K: the model writes a rationale, its final number is graded;
+`fedkt.data.cot.evaluation_example`):
 
-- ``zero_shot``: the server LLM and the client SLM as loaded;
+- ``zero_shot``: the server LLM and the client SLM as loaded (on a generative task the LLM
+  answers the request the non-private server answers, in its chat template where it has
+  one: `fedkt.data.cot.llm_evaluation_example`);
 - ``standalone``: each client fine-tunes the SLM on its labels only (no rationale);
 - ``cot_upper_bound``: FedCoT with the raw questions sent (no privacy);
 - ``fedcot``: FedCoT for every strategy x eps of [fedcot]; at eps = inf neither mechanism
@@ -15,6 +19,16 @@ The SLM score of a federated method is the mean over clients (each trains its ow
 clients send the server nothing but their perturbed prompts; their privacy reports, counts
 and scores are read back from their own report files (simulation: the harness shares the
 clients' disk). Pattern uniqueness is measured against the task's whole train split (public).
+
+Utility is shown where it moves: per point, how often the server's rationales (written for
+the perturbed prompts) and the recovered ones reach the gold answer of the real question,
+graded by each client with its own labels and pooled here ("utility"), beside the SLM.
+
+Repeated runs compose: every point of a sweep perturbs the same private rows again, so in a
+deployment each client pays the sum of the points' budgets (and a point that sends the text
+in clear releases it). Each federated outcome carries the running total per client over the
+points run so far ("composition"; the last one is the sweep's), and the terminal table says
+it (`sweep_composition`).
 """
 
 from __future__ import annotations
@@ -22,15 +36,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedkt.algorithms.fedcot import COMPOSITION
 from fedkt.config import FedktConfig
 from fedkt.data import Example
-from fedkt.data.cot import label_names, predict_example
+from fedkt.data.cot import (
+    evaluation_example,
+    label_names,
+    llm_evaluation_example,
+    predict_example,
+)
+from fedkt.evaluation import evaluate_rows, mean_stderr
 from fedkt.experiments.harness import (
     Claim,
     ClientModelsTask,
@@ -41,7 +62,7 @@ from fedkt.experiments.harness import (
     save_adapter,
     zero_shot_both,
 )
-from fedkt.experiments.summary import band, errorbar, mean_scores, plot_tasks
+from fedkt.experiments.summary import band, errorbar, mean_scores, percent, plot_tasks
 from fedkt.federation.fedcot import FedCoTSpec, simulate_fedcot
 from fedkt.federation.reports import read_report
 from fedkt.jobs import load_for, task_examples
@@ -68,9 +89,10 @@ upper bound against each point (how much the privacy costs)."""
 
 @dataclasses.dataclass(frozen=True)
 class FedCoTTask(ClientModelsTask):
-    """One task's rows and scoreboard; the evaluation rows carry FedCoT's predict prefix (the
-    clients put it on themselves; the harness scores the zero-shot and standalone models on
-    the same prefixed rows)."""
+    """One task's rows and scoreboard; the evaluation rows carry FedCoT's test format
+    (`fedkt.data.cot.evaluation_example`: the predict prefix, explain-then-answer on
+    generative tasks; the clients put it on themselves; the harness scores the zero-shot and
+    standalone models on the same rows)."""
 
     OWN_PREFIX = "fedcot-"
     reference: tuple[Example, ...] = ()
@@ -79,7 +101,7 @@ class FedCoTTask(ClientModelsTask):
     @classmethod
     def load(cls, config: FedktConfig, task: str, resume: bool = False) -> FedCoTTask:
         data = TaskData.load(config, task)
-        scored = [predict_example(e) for e in data.evaluation]
+        scored = [evaluation_example(e) for e in data.evaluation]
         reference = tuple(task_examples(config, task, "train", 0))
         return cls(config, data, Scoreboard(config, task, scored), reference)
 
@@ -96,8 +118,39 @@ class FedCoTTask(ClientModelsTask):
             pattern_reference=self.reference,
         )
 
+    @property
+    def generative(self) -> bool:
+        """True for a generative reasoning task (GSM8K): scored explain-then-answer."""
+        return bool(self.data.evaluation) and self.data.evaluation[0].is_generative
 
-zero_shot = zero_shot_both
+
+def zero_shot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Both models as loaded. Multiple choice: both on the predict prefix. Generative: the
+    SLM explain-then-answer, the LLM on the request the non-private server answers
+    (instruction, worked example, the raw question), in its chat template where it has one
+    and ``fedcot.chat_template`` asks for it, with ``eval.max_new_tokens`` to write in."""
+    if not run.generative:
+        yield from zero_shot_both(run)
+        return
+    federation = run.config.federation
+    llm = _score_llm(run)
+    yield "zero_shot", {"llm": llm, "slm": run.evaluate(federation.slm, "slm")}
+
+
+def _score_llm(run: FedCoTTask) -> dict[str, float]:
+    start = time.perf_counter()
+    model, tokenizer = load_for(run.config, run.config.federation.llm)
+    result = evaluate_rows(
+        model,
+        tokenizer,
+        [llm_evaluation_example(e) for e in run.data.evaluation],
+        batch_size=run.config.eval.batch_size,
+        max_new_tokens=run.config.eval.max_new_tokens,
+        progress=True,
+        chat_template=run.config.fedcot.chat_template,
+    )
+    run.board.add("zero_shot", "llm", result.rows)
+    return {**result.scores, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def standalone(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -137,7 +190,9 @@ def fedcot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
                 continue
             if math.isinf(eps) and unperturbed is not None:
                 run.board.alias(label, "slm", same_as=unperturbed[0])
-                yield label, {**unperturbed[1], "same_run_as": unperturbed[0]}
+                same = {**unperturbed[1], "same_run_as": unperturbed[0]}
+                same["composition"] = sweep_composition({**run.board.finished, label: same})
+                yield label, same
                 continue
             outcome = _federated(run, label, strategy, eps)
             if math.isinf(eps):
@@ -187,15 +242,99 @@ def _federated(run: FedCoTTask, label: str, strategy: str, eps: float) -> dict[s
         rows = read_jsonl(Path(str(spec.predictions_dir)) / f"slm-client{k}.jsonl")
         run.board.add(label, "slm", rows, client=k, write=False)
         reports.append(read_report(Path(str(spec.reports_dir)) / f"client{k}.json"))
-    return {
+    outcome = {
         "llm": None,
         "slm": run.board.mean_of_clients(label, "slm", spec.num_clients),
         "clients": [report.get("train", {}) for report in reports],
+        "utility": client_utility(reports),
         "privacy": client_privacy(reports),
         "server": {"requests": list(result.requests), "acknowledged": list(result.acknowledged)},
         **communication(result.bytes_up, result.bytes_down),
         "seconds": time.perf_counter() - start,
     }
+    outcome["composition"] = sweep_composition({**run.board.finished, label: outcome})
+    return outcome
+
+
+UTILITY_COUNTS = (
+    "rationales_kept",
+    "server_missing",
+    "server_degenerate",
+    "server_no_answer",
+    "recovery_failed",
+    "recovered_no_answer",
+    "inconsistent_dropped",
+)
+"""The clients' rationale counts, summed over clients (`fedkt.algorithms.fedcot.Recovery`)."""
+
+
+def client_utility(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The clients' rationale measurements in one: the server rationale's and the recovered
+    rationale's answer accuracy over all the clients' prompts pooled (each with its standard
+    error over those prompts), the drop counts summed, and each client's own part."""
+    parts = [report.get("utility", {}) for report in reports]
+    prompts = int(sum(part.get("prompts", 0) for part in parts))
+    out: dict[str, Any] = {"prompts": prompts}
+    for name in ("server_rationale", "recovered_rationale"):
+        correct = int(sum(part.get(f"{name}_correct", 0) for part in parts))
+        out[f"{name}_correct"] = correct
+        if prompts:
+            acc, stderr = mean_stderr([1.0] * correct + [0.0] * (prompts - correct))
+            out |= {f"{name}_acc": acc, f"{name}_acc_stderr": stderr}
+    for key in UTILITY_COUNTS:
+        out[key] = int(sum(part.get(key, 0) for part in parts))
+    return {**out, "per_client": parts}
+
+
+def sweep_composition(outcomes: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the points in ``outcomes`` (label -> outcome, in run order) cost each client
+    together: every point that sent prompts (an outcome with "privacy", run once: an alias
+    of an earlier run is not counted twice) perturbed the same private rows again, so in a
+    deployment the budgets add up (sequential composition).
+
+    ``eps_total_per_client``: per client the sum over the points of its largest prompt eps
+    (its worst row's; an upper bound on any row's total, reached when the same row is the
+    largest at every point); inf as soon as one point sent the rows in clear, listed in
+    ``in_clear_points``; ``eps_finite_per_client``: the sum over the other points.
+    """
+    points = [
+        (label, outcome)
+        for label, outcome in outcomes.items()
+        if isinstance(outcome.get("privacy"), Mapping) and "same_run_as" not in outcome
+    ]
+    spent = [(label, _client_eps(outcome)) for label, outcome in points]
+    clients = max((len(values) for _, values in spent), default=0)
+    finite = [0.0] * clients
+    in_clear: list[str] = []
+    for label, values in spent:
+        if any(math.isinf(v) for v in values):
+            in_clear.append(label)
+        for k, value in enumerate(values):
+            if not math.isinf(value):
+                finite[k] += value
+    return {
+        "note": COMPOSITION,
+        "points": [label for label, _ in points],
+        "eps_total_per_client": [math.inf if in_clear else total for total in finite],
+        "eps_finite_per_client": finite,
+        "in_clear_points": in_clear,
+    }
+
+
+def _client_eps(outcome: Mapping[str, Any]) -> list[float]:
+    """Each client's largest prompt eps at one point (older results: the clients' mean of it
+    for every client)."""
+    privacy = outcome["privacy"]
+    values = privacy.get("prompt_eps_max_per_client")
+    if not isinstance(values, list):
+        values = [privacy.get("prompt_eps_max", math.inf)] * max(1, len(outcome.get("clients", [])))
+    return [_as_float(v) for v in values]
+
+
+def _as_float(value: Any) -> float:
+    """A report's number; strict JSON writes inf as "inf" (and nothing as None: inf, the
+    cautious reading)."""
+    return float(value) if _is_number(value) else math.inf
 
 
 def client_privacy(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -208,7 +347,8 @@ def client_privacy(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for key in dict.fromkeys(k for part in parts for k, v in part.items() if not _is_number(v)):
         values = [part.get(key) for part in parts]
         words[key] = values[0] if len(set(map(str, values))) == 1 else values
-    return {**words, **mean_scores(numbers)}
+    per_client = [_as_float(part.get("prompt_eps_max")) for part in parts]
+    return {**words, **mean_scores(numbers), "prompt_eps_max_per_client": per_client}
 
 
 def _is_number(value: Any) -> bool:
@@ -222,7 +362,18 @@ def _is_number(value: Any) -> bool:
 
 
 def privacy_table(results: dict[str, Any]) -> str:
-    """One line per task and federated method: epsilon and the leakage audit, in %."""
+    """What a run shows of FedCoT beside the scores: one line per task and federated method
+    with epsilon and the leakage audit (in %); then its utility where it moves (the server's
+    and the recovered rationales' answer accuracy, the SLM, what was dropped,
+    `utility_table`); then what the sweep cost each client in all (`composition_lines`)."""
+    return "\n\n".join(
+        part
+        for part in (_audit_table(results), utility_table(results), composition_lines(results))
+        if part
+    )
+
+
+def _audit_table(results: dict[str, Any]) -> str:
     rows = [
         [task, name, *(_cell(column, outcome["privacy"].get(column)) for column in PRIVACY_COLUMNS)]
         for task, entry in results["tasks"].items()
@@ -244,6 +395,73 @@ def privacy_table(results: dict[str, Any]) -> str:
     return format_table(headers, rows)
 
 
+def utility_table(results: dict[str, Any]) -> str:
+    """One line per task and federated method: how often the server's rationales (for the
+    perturbed prompts) and the recovered rationales reach the gold answer of the real
+    question (clients' prompts pooled, ± s.e.), the SLM's score, and the rationales kept
+    and dropped (summed over clients)."""
+    rows = [
+        [
+            task,
+            name,
+            _share(outcome["utility"], "server_rationale_acc"),
+            _share(outcome["utility"], "recovered_rationale_acc"),
+            percent(outcome.get("slm")),
+            *(str(outcome["utility"].get(key, "-")) for key in UTILITY_COUNTS),
+        ]
+        for task, entry in results["tasks"].items()
+        for name, outcome in entry["baselines"].items()
+        if isinstance(outcome.get("utility"), Mapping)
+    ]
+    headers = [
+        "task",
+        "method",
+        "server rationale % ± s.e.",
+        "recovered % ± s.e.",
+        "SLM % ± s.e.",
+        "kept",
+        "server empty",
+        "degenerate",
+        "no answer",
+        "recovery failed",
+        "rec. no answer",
+        "inconsistent",
+    ]
+    return format_table(headers, rows) if rows else ""
+
+
+def _share(utility: Mapping[str, Any], key: str) -> str:
+    value = utility.get(key)
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{100 * value:.1f} ± {100 * float(utility.get(f'{key}_stderr', 0.0)):.1f}"
+
+
+def composition_lines(results: dict[str, Any]) -> str:
+    """Per task, a line saying that the sweep's points add up, with each client's total."""
+    lines = []
+    for task, entry in results["tasks"].items():
+        total = sweep_composition(entry["baselines"])
+        if not total["points"]:
+            continue
+        per_client = ", ".join(
+            f"client {k}: {_eps_total(t)}" for k, t in enumerate(total["eps_finite_per_client"])
+        )
+        clear = total["in_clear_points"]
+        released = f"; in clear at {', '.join(clear)}: total inf" if clear else ""
+        lines.append(
+            f"{task}: repeated runs compose: the {len(total['points'])} runs of this sweep "
+            "each sent the same private rows again (perturbed afresh, or in clear), so in a "
+            "deployment each client pays the sum of their prompt eps (its largest row's): "
+            f"{per_client} over the finite points{released}"
+        )
+    return "\n".join(lines)
+
+
+def _eps_total(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:.0f}"
+
+
 def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
@@ -256,8 +474,9 @@ def _cell(column: str, value: Any) -> str:
 
 def plot_fedcot(results: dict[str, Any], path: Path) -> Path:
     """Per task: SLM accuracy against eps for each strategy (the other methods as horizontal
-    lines), and on a second axis the share of tokens an inverting attacker recovers (and,
-    fainter, what the public prior alone recovers)."""
+    lines) with, dashed, how often the server's rationales reach the gold answer, and on a
+    second axis the share of tokens an inverting attacker recovers (and, fainter, what the
+    public prior alone recovers)."""
     return plot_tasks(results, path, _eps_panel, size=(7, 4.2))
 
 
@@ -274,6 +493,16 @@ def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
         xs = list(range(len(points)))
         slm = [outcome["slm"] for _, outcome in points]
         errorbar(ax, xs, slm, color=color, label=f"FedCoT-{strategy.upper()} SLM")
+        graded = [outcome.get("utility", {}) for _, outcome in points]
+        if all("server_rationale_acc" in u for u in graded):  # where utility moves first
+            ax.plot(
+                xs,
+                [100 * u["server_rationale_acc"] for u in graded],
+                "s--",
+                color=color,
+                alpha=0.6,
+                label=f"{strategy.upper()} server rationale acc",
+            )
         recovered.plot(
             xs,
             [100 * o["privacy"]["protected_recovered"] for _, o in points],

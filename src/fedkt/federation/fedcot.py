@@ -6,9 +6,14 @@ the server's LLM writes a rationale per request; the server sends them back in a
 message; each client recovers rationales for its real questions, trains its SLM, scores it
 and acknowledges with the number of rationales it received (which the server knows). Its
 privacy report (epsilon accounting, leakage audit, noise source, pattern uniqueness), its
-losses, counts and scores are derived from its private rows: they go to its own report file
-(``reports_dir``) and log, never into a message. Between the two messages the client keeps
-the perturbed questions it sent in ``context.state`` (Flower's per-node state).
+rationales' accuracy against its gold labels, its losses, counts and scores are derived from
+its private rows: they go to its own report file (``reports_dir``: parts "privacy",
+"utility", "train") and log, never into a message. Between the two messages the client keeps
+the perturbed questions and choices it sent in ``context.state`` (Flower's per-node state).
+
+The server LLM answers in its chat template where its tokenizer has one
+(``settings.chat_template``); the clients' SLMs are scored explain-then-answer on generative
+tasks, with the predict prefix on multiple choice (`fedkt.data.cot.evaluation_example`).
 
 Server-side request ids are content hashes of the prompts: a crashed run restarted with the
 same response store skips every prompt already answered, and identical prompts from several
@@ -18,6 +23,7 @@ clients are generated once.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -45,7 +51,7 @@ from fedkt.algorithms.fedcot import (
     server_rationales,
 )
 from fedkt.data import Example
-from fedkt.data.cot import predict_example, private_fields
+from fedkt.data.cot import evaluation_example, private_fields
 from fedkt.errors import ConfigError, FedktError
 from fedkt.evaluation import evaluate_rows
 from fedkt.federation import keys
@@ -82,7 +88,9 @@ from fedkt.training import derive_seed
 
 _LOG = logging.getLogger(__name__)
 _PENDING = "fedcot-pending"
-"""context.state key (client-local): the perturbed questions sent, in request order."""
+"""context.state key (client-local): the perturbed questions sent, in request order, and
+(under `_CHOICES`, one JSON list per question) their choices as the server saw them."""
+_CHOICES = "choices"
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,8 @@ class FedCoTSpec:
         decoder: the clients' frozen local LM that recovers rationales; its input embeddings
             and tokenizer also make the perturbation kit.
         client_data: the private labelled questions D_k, one tuple per client.
-        eval_data: public evaluation rows every client scores its SLM on (predict prefix).
+        eval_data: public evaluation rows every client scores its SLM on (predict prefix;
+            explain-then-answer for generative tasks: `fedkt.data.cot.evaluation_example`).
         public_texts: public text for the adaptive mechanism's token importance and the
             audit attacker's unigram prior.
         settings: the protocol's settings (strategy, eps, alpha, candidates, noise seed,
@@ -110,8 +119,8 @@ class FedCoTSpec:
             written.
         artefacts_dir: where each client saves its trained SLM adapter, in peft's format
             (``clients/<partition-id>/slm``, on the client's own disk); None: not saved.
-        reports_dir: where each client writes its own report (``client<k>.json``: "privacy"
-            and "train" parts, never sent); None: only logged on the client.
+        reports_dir: where each client writes its own report (``client<k>.json``: "privacy",
+            "utility" and "train" parts, never sent); None: only logged on the client.
         label_names: a classification task's label names (public): rows whose choices are
             exactly these send them in clear (`fedkt.data.cot.private_fields`); () for
             multiple choice and generative tasks.
@@ -210,7 +219,12 @@ def _answer_query(spec: FedCoTSpec, msg: Message, context: Context, partition: i
     queries = client_encode(
         spec.client_data[partition], perturber, settings, generator, label_names=spec.label_names
     )
-    context.state[_PENDING] = ConfigRecord({keys.PROMPTS: list(queries.sent_questions)})
+    context.state[_PENDING] = ConfigRecord(
+        {
+            keys.PROMPTS: list(queries.sent_questions),
+            _CHOICES: [json.dumps(list(choices)) for choices in queries.sent_choices],
+        }
+    )  # local state, never sent
     report = privacy_report(
         queries,
         models.kit,
@@ -233,11 +247,14 @@ def _answer_query(spec: FedCoTSpec, msg: Message, context: Context, partition: i
 
 
 def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: int) -> Message:
-    """Steps 4-5: recover rationales, train the SLM multi-task, score it; write the outcome to
-    the client's own report and acknowledge with the number of rationales received."""
+    """Steps 4-5: recover rationales, train the SLM multi-task, score it; write the outcome
+    (with how often the server's and the recovered rationales reach the gold answers) to the
+    client's own report and acknowledge with the number of rationales received."""
     models = _client_models(spec)
     examples = spec.client_data[partition]
-    sent = _strings(context.state.config_records[_PENDING], keys.PROMPTS)
+    pending = context.state.config_records[_PENDING]
+    sent = _strings(pending, keys.PROMPTS)
+    choices = [tuple(json.loads(c)) for c in _strings(pending, _CHOICES)]
     record = msg.content.config_records[keys.RATIONALES]
     ids, texts = _strings(record, keys.IDS), _strings(record, keys.TEXTS)
     if len(ids) != len(texts):  # malformed: keep what pairs up, match_responses reports the rest
@@ -245,7 +262,8 @@ def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: i
     received = [Response(i, t) for i, t in zip(ids, texts, strict=True)]
     requests = [Request(request_id(i), "") for i in range(len(examples))]
     responses, bad = match_responses(requests, received)
-    recovery = client_recover(models.decoder, examples, sent, responses, spec.settings)
+    recovery = client_recover(models.decoder, examples, sent, responses, spec.settings, choices)
+    _write_report(spec, partition, "utility", recovery.utility())
     load_adapter_state(models.slm, models.fresh_adapter)  # every run starts from one adapter
     settings = spec.settings
     train = replace(settings.train, seed=derive_seed(settings.train.seed, partition))
@@ -255,7 +273,7 @@ def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: i
     evaluation = evaluate_rows(
         scoring_copy(models.slm),
         models.slm_tokenizer,
-        [predict_example(example) for example in spec.eval_data],
+        [evaluation_example(example) for example in spec.eval_data],
         batch_size=spec.eval_batch_size,
         max_new_tokens=spec.eval_max_new_tokens,
     )
@@ -282,7 +300,7 @@ def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: i
 
 def _write_report(spec: FedCoTSpec, partition: int, part: str, values: dict[str, Any]) -> None:
     """Log ``values`` and add them under ``part`` to the client's own report file (never
-    sent); the "privacy" part starts a run's file afresh."""
+    sent); the "privacy" part starts a run's file afresh, "utility" and "train" follow."""
     _LOG.info("FedCoT client %d %s: %s", partition, part, values)
     write_report(spec.reports_dir, partition, part, values, fresh=part == "privacy")
 
@@ -419,11 +437,18 @@ def _prompt_key(prompt: str) -> str:
 
 def simulate_fedcot(spec: FedCoTSpec, *, client_mods: Sequence[Mod] = ()) -> FedCoTResult:
     """Run ``spec`` with one simulated SuperNode per client partition; the server LLM lives in
-    this process (vLLM when installed and a GPU is present, else transformers)."""
+    this process (vLLM when installed and a GPU is present, else transformers), answering in
+    its chat template where it has one and ``settings.chat_template`` asks for it."""
 
     def server_main(grid: Grid) -> FedCoTResult:
         model, tokenizer = load_model_and_tokenizer(spec.llm, dtype=spec.dtype, device=spec.device)
-        backend = make_backend(model, tokenizer, prefer_vllm=True, model_path=None)
+        backend = make_backend(
+            model,
+            tokenizer,
+            prefer_vllm=True,
+            model_path=None,
+            chat_template=spec.settings.chat_template,
+        )
         return run_fedcot_server(grid, spec, backend)
 
     return simulate(

@@ -5,10 +5,13 @@ FedCoT server writing rationales for perturbed prompts and the client recovering
 through a `Backend` — `TransformersBackend` (left padding, length-grouped batches) or, when
 installed on a CUDA machine, the optional `VllmBackend`. `generate_responses` answers
 requests by id and checkpoints them in a `ResponseStore`, so a crash loses one batch at
-most; `match_responses` pairs a server's answers with the client's requests by id.
+most; `match_responses` pairs a server's answers with the client's requests by id. An
+instruction-tuned model gets its prompts in its own chat template (`chat_text`), where its
+tokenizer has one and the caller asks for it.
 """
 
-from fedkt.generation.backends import Backend, make_backend
+from fedkt.generation.backends import Backend, applies_chat_template, make_backend
+from fedkt.generation.chat import chat_text, encode_prompts, has_chat_template
 from fedkt.generation.responses import generate_responses, match_responses
 from fedkt.generation.settings import GenerationSettings, Request, Response, cut_at_stop
 from fedkt.generation.store import ResponseStore
@@ -23,8 +26,12 @@ __all__ = [
     "ResponseStore",
     "TransformersBackend",
     "VllmBackend",
+    "applies_chat_template",
+    "chat_text",
     "cut_at_stop",
+    "encode_prompts",
     "generate_responses",
+    "has_chat_template",
     "make_backend",
     "match_responses",
     "vllm_available",

@@ -34,15 +34,18 @@ def make_backend(
     *,
     prefer_vllm: bool = True,
     model_path: str | None = None,
+    chat_template: bool = False,
 ) -> Backend:
     """vLLM on `model_path` when preferred, given and available, else transformers.
 
     Pass ``model=None, tokenizer=None`` to avoid loading the model twice when vLLM will
-    serve it; then vLLM must be available or this raises `ModelError`.
+    serve it; then vLLM must be available or this raises `ModelError`. With
+    ``chat_template`` prompts go through the tokenizer's chat template where it has one
+    (`fedkt.generation.chat`; `applies_chat_template` tells whether it does).
     """
     if prefer_vllm and model_path is not None and vllm_available():
         log.info("generating with vLLM from %s", model_path)
-        return VllmBackend(model_path)
+        return VllmBackend(model_path, chat_template=chat_template)
     if model is None or tokenizer is None:
         why = "no model_path was given" if model_path is None else "vLLM is not available"
         raise ModelError(
@@ -52,4 +55,10 @@ def make_backend(
         )
     if prefer_vllm and model_path is not None:
         log.info("vLLM not available (needs 'fedkt[vllm]' and CUDA): using transformers")
-    return TransformersBackend(model, tokenizer)
+    return TransformersBackend(model, tokenizer, chat_template=chat_template)
+
+
+def applies_chat_template(backend: Backend) -> bool:
+    """True when ``backend`` wraps every prompt in its model's chat template (a fedkt
+    backend built with ``chat_template=True`` over a tokenizer that has one)."""
+    return getattr(backend, "chat_template", False) is True

@@ -19,6 +19,7 @@ from transformers import (
 )
 
 from fedkt.errors import DataError, ModelError
+from fedkt.generation.chat import encode_prompts, has_chat_template
 from fedkt.generation.settings import GenerationSettings, cut_at_stop
 
 
@@ -30,9 +31,19 @@ class TransformersBackend:
     Batches are left-padded (generation appends on the right), so greedy text does not depend
     on the batch a prompt lands in. The model runs in eval mode (dropout off, LoRA dropout
     included) under ``torch.inference_mode``; the caller's train/eval mode is restored.
+
+    With ``chat_template`` each prompt is the user's turn of a chat in the tokenizer's own
+    template (`fedkt.generation.chat`), for instruction-tuned models; `chat_template` then
+    says whether it is applied (False for a tokenizer without a template: raw prompts).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        chat_template: bool = False,
+    ) -> None:
         if tokenizer.pad_token_id is None:
             raise ModelError(
                 f"tokenizer {tokenizer.name_or_path!r} has no pad token, needed for batched "
@@ -40,6 +51,7 @@ class TransformersBackend:
             )
         self.model = model
         self.tokenizer = tokenizer
+        self.chat_template = chat_template and has_chat_template(tokenizer)
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
         """The continuation of each prompt, in the order given, cut at `settings.stop`."""
@@ -58,7 +70,7 @@ class TransformersBackend:
         return texts
 
     def _encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        encoded: list[list[int]] = self.tokenizer(list(prompts))["input_ids"]
+        encoded = encode_prompts(self.tokenizer, prompts, chat_template=self.chat_template)
         empty = [i for i, ids in enumerate(encoded) if not ids]
         if empty:
             raise DataError(

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from fedkt.errors import ModelError
+from fedkt.generation.chat import encode_prompts, has_chat_template
 from fedkt.generation.settings import GenerationSettings, cut_at_stop
 
 
@@ -44,9 +45,13 @@ class VllmBackend:
     ``gpu_memory_utilization=0.85``, ``max_model_len=4096``). vLLM batches continuously
     inside one call, so `settings.batch_size` only sets how often `generate_responses`
     checkpoints; give it a few hundred with this backend.
+
+    With ``chat_template`` each prompt is the user's turn of a chat in the model tokenizer's
+    own template (`fedkt.generation.chat`), passed to vLLM as token ids so no second BOS is
+    added; `chat_template` then says whether it is applied.
     """
 
-    def __init__(self, model_path: str, **engine_options: Any) -> None:
+    def __init__(self, model_path: str, *, chat_template: bool = False, **engine_options: Any):
         try:
             vllm = importlib.import_module("vllm")
         except ImportError as error:
@@ -57,13 +62,19 @@ class VllmBackend:
         self._vllm = vllm
         self.model_path = model_path
         self._llm = vllm.LLM(model=model_path, **engine_options)
+        self._tokenizer = self._llm.get_tokenizer() if chat_template else None
+        self.chat_template = self._tokenizer is not None and has_chat_template(self._tokenizer)
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[str]:
         """The continuation of each prompt, in the order given, cut at `settings.stop`."""
         if not prompts:
             return []
         params = [self._sampling_params(settings, i) for i in range(len(prompts))]
-        outputs = self._llm.generate(list(prompts), params, use_tqdm=False)
+        inputs: list[Any] = list(prompts)
+        if self.chat_template and self._tokenizer is not None:
+            ids = encode_prompts(self._tokenizer, prompts, chat_template=True)
+            inputs = [{"prompt_token_ids": row} for row in ids]
+        outputs = self._llm.generate(inputs, params, use_tqdm=False)
         if len(outputs) != len(prompts):
             raise ModelError(
                 f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts from "

@@ -34,8 +34,9 @@ class sequence, and needs a second tokenisation.) The price is utility: at a giv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -43,6 +44,8 @@ from transformers import PreTrainedTokenizerBase
 from fedkt.errors import ConfigError
 
 _SPACE_MARKERS = ("Ġ", "▁")  # byte-level BPE and SentencePiece word-start markers
+
+T = TypeVar("T")
 
 Partition = Literal["classes", "vocabulary"]
 PARTITIONS: tuple[Partition, ...] = ("classes", "vocabulary")
@@ -105,6 +108,7 @@ class PerturbationKit:
     _lookup_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(
         init=False, default_factory=dict, repr=False, compare=False
     )
+    _derived: dict[Any, Any] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.sets:
@@ -141,8 +145,22 @@ class PerturbationKit:
             self._lookup_cache[size] = (set_of, row_of)
         return self._lookup_cache[size]
 
+    def cached(self, key: Any, build: Callable[[], T]) -> T:
+        """``build()``, computed once per kit and ``key``: for public structures derived from
+        the kit alone (e.g. custext's clusters), which the kit's immutability keeps valid."""
+        if key not in self._derived:
+            self._derived[key] = build()
+        value: T = self._derived[key]
+        return value
+
     def to(self, device: torch.device | str) -> PerturbationKit:
         return PerturbationKit(tuple(s.to(device) for s in self.sets))
+
+    @property
+    def partition(self) -> Partition:
+        """Which `build_kit` partition this kit looks like: one set named "vocabulary", or
+        the class sets."""
+        return "vocabulary" if [s.name for s in self.sets] == ["vocabulary"] else "classes"
 
     def describe(self) -> dict[str, int]:
         """{set name: size}, for logs and run reports."""

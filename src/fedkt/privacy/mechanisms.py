@@ -40,10 +40,13 @@ single token is the largest budget that token could have received, not its reali
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from fedkt.errors import ConfigError
+from fedkt.privacy.candidates import RELEASED_IN_CLEAR, PerturbationKit
+from fedkt.privacy.krr import krr_keep_probability
 
 COSINE_SENSITIVITY: float = 2.0
 """Δu of the cosine utility: u ∈ [-1, 1]. (The reference code wrongly used 1.)"""
@@ -159,3 +162,41 @@ def check_importance(importance: torch.Tensor, name: str) -> torch.Tensor:
     if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
         raise ConfigError(f"{name} must be finite and >= 0 (e.g. public_importance(...)).")
     return weights
+
+
+def em_guarantee(kit: PerturbationKit, eps: float, *, adaptive: bool = False) -> dict[str, Any]:
+    """EM's (``adaptive``: AEM's) guarantee at ``eps`` over ``kit``, in words and numbers, for
+    a privacy report: which inputs are neighbours, what is released in clear, per-token and
+    per-prompt eps, and the retention bound of each candidate set (the k-RR bound
+    e^eps / (e^eps + k - 1), which no eps-DP mechanism over k tokens beats on average)."""
+    eps = check_eps(eps)
+    if adaptive:
+        statement = (
+            f"Adaptive EM: each prompt's total m x {eps:g} over its m perturbed tokens is split "
+            "by public importance (IDF); the prompt is (m x eps)-DP against changing any of "
+            "its perturbed tokens, each within its candidate set (cosine utility, Δu = 2). "
+            "A single token is protected by the largest budget it could have received, not "
+            "its realised one, and the realised budgets stay on the client."
+        )
+        per_token = f"{eps:g} on average; each token's realised budget stays on the client"
+    else:
+        statement = (
+            f"Exponential mechanism: each perturbed token is {eps:g}-DP against replacing it "
+            "by any other token of its candidate set (cosine utility, Δu = 2); a prompt of m "
+            f"perturbed tokens is (m x {eps:g})-DP by sequential composition."
+        )
+        per_token = f"{eps:g}"
+    return {
+        "mechanism": "aem" if adaptive else "em",
+        "statement": statement,
+        "neighbours": (
+            "prompts that release the same pattern in clear and differ in any perturbed "
+            "tokens; per token: any other token of its candidate set"
+        ),
+        "released_in_clear": RELEASED_IN_CLEAR[kit.partition],
+        "eps": eps,
+        "eps_per_token": per_token,
+        "prompt_eps": "the sum of the perturbed tokens' budgets: m x eps",
+        "retention_bound": {s.name: float(krr_keep_probability(s.size, eps)) for s in kit.sets},
+        "candidate_sets": kit.describe(),
+    }

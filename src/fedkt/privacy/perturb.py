@@ -9,8 +9,20 @@ What `eps` means:
   prompt-level epsilon. The prompt stays (m * eps)-DP although the split depends on the private
   tokens (proof in fedkt.privacy.mechanisms); the per-token budgets reveal the tokens'
   importance and must stay on the client.
+- ``"krr"``: k-ary randomized response over the token's whole candidate set
+  (fedkt.privacy.krr): eps per token against any other token of the set, as EM, but the most
+  tokens kept at a given eps (e^eps / (e^eps + k - 1)), replacements uniform.
+- ``"custext"``: EM or k-RR (``inner``) within a fixed cluster of ``cluster_size`` public
+  nearest neighbours (fedkt.privacy.custext): eps per token against tokens of the same
+  cluster only; the cluster of every perturbed token is released.
+- ``"metric"``: d_X-privacy with d = sqrt(2 - 2 cos) (fedkt.privacy.metric): eps is eps_d, the
+  budget per unit of embedding distance; the record holds the worst case against any token
+  of the set, 2 eps_d per token, so prompt_eps is m * 2 * eps_d.
 - eps = math.inf: no perturbation; the original text is returned exactly, the strategy is still
   recorded and prompt_eps is inf. eps < 0 (or NaN) raises ConfigError.
+
+`mechanism_guarantee` states each strategy's guarantee in words for a report (neighbours, what
+is released in clear, per-token and per-prompt eps, the retention bound).
 
 What is not protected: tokens outside every candidate set pass through unchanged and are counted
 (`tokens_passed_through`), and the set of each position is revealed (fedkt.privacy.candidates).
@@ -23,8 +35,9 @@ Where the noise comes from. Every draw takes a `torch.Generator`: seeded in test
 simulations (reproducible, so anyone who knows the seed can replay the noise and the output is
 a function of the input: no guarantee at all), and from `secure_generator` everywhere else.
 
-All tokens of all texts are sampled together, one `torch.multinomial` per candidate set (split
-into row blocks of at most `chunk_elements` probabilities so a 20k-word set stays in memory).
+All tokens of all texts are sampled together, one draw per candidate set (a `torch.multinomial`
+split into row blocks of at most `chunk_elements` probabilities so a 20k-word set stays in
+memory; k-RR draws a keep coin and a uniform index instead).
 The output for a seed depends on the batch it was drawn in, not only on the text. The same seed
 at two budgets (or for EM and AEM) gives strongly coupled draws (torch.multinomial's noise is
 shared), which is fine for paired comparisons; use different seeds for independent ones.
@@ -42,15 +55,26 @@ from transformers import PreTrainedTokenizerBase
 
 from fedkt.errors import ConfigError
 from fedkt.privacy.candidates import CandidateSet, PerturbationKit
+from fedkt.privacy.custext import (
+    DEFAULT_CLUSTER_SIZE,
+    INNERS,
+    Inner,
+    custext_guarantee,
+    kit_clusters,
+    sample_custext,
+)
+from fedkt.privacy.krr import krr_guarantee, sample_krr
 from fedkt.privacy.mechanisms import (
     allocate_segments,
     check_eps,
     check_importance,
+    em_guarantee,
     em_probabilities,
 )
+from fedkt.privacy.metric import METRIC_DIAMETER, metric_guarantee, sample_metric
 
-Strategy = Literal["em", "aem"]
-STRATEGIES: tuple[str, ...] = ("em", "aem")
+Strategy = Literal["em", "aem", "krr", "custext", "metric"]
+STRATEGIES: tuple[str, ...] = ("em", "aem", "krr", "custext", "metric")
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # 64 MiB of float32 probabilities per block
 
 
@@ -183,8 +207,33 @@ def sample_em(
     return torch.cat(picked) if picked else rows.new_empty(0)
 
 
+def mechanism_guarantee(
+    strategy: str,
+    eps: float,
+    kit: PerturbationKit,
+    *,
+    cluster_size: int = DEFAULT_CLUSTER_SIZE,
+    inner: Inner = "em",
+) -> dict[str, Any]:
+    """The guarantee of ``strategy`` at ``eps`` over ``kit`` for a privacy report: a
+    statement in words, which inputs are neighbours, what is released in clear, per-token and
+    per-prompt eps and each candidate set's retention bound (the mechanisms' modules)."""
+    if strategy in ("em", "aem"):
+        return em_guarantee(kit, eps, adaptive=strategy == "aem")
+    if strategy == "krr":
+        return krr_guarantee(kit, eps)
+    if strategy == "custext":
+        return custext_guarantee(kit, eps, cluster_size, inner)
+    if strategy == "metric":
+        return metric_guarantee(kit, eps)
+    raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
+
+
 class TextPerturber:
-    """Perturbs prompts token by token with EM or adaptive EM over a PerturbationKit.
+    """Perturbs prompts token by token with one of `STRATEGIES` over a PerturbationKit.
+
+    ``cluster_size`` and ``inner`` configure "custext" (fedkt.privacy.custext); the clusters
+    are built from the kit on first use and cached with it.
 
     ``pad_to`` > 1 pads every text with a public filler token (the single-space token where
     the kit holds it) up to a multiple of ``pad_to`` tokens before perturbing, and perturbs
@@ -204,9 +253,16 @@ class TextPerturber:
         floor: float = 0.1,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
         pad_to: int = 1,
+        cluster_size: int = DEFAULT_CLUSTER_SIZE,
+        inner: Inner = "em",
     ) -> None:
         if strategy not in STRATEGIES:
             raise ConfigError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
+        if cluster_size < 2 or inner not in INNERS:
+            raise ConfigError(
+                f"custext needs cluster_size >= 2 and inner in {list(INNERS)}, got "
+                f"{cluster_size} and {inner!r}."
+            )
         if not 0.0 <= floor <= 1.0:
             raise ConfigError(f"floor must be in [0, 1], got {floor}.")
         if pad_to < 1:
@@ -217,6 +273,8 @@ class TextPerturber:
         self.floor = floor
         self.chunk_elements = chunk_elements
         self.pad_to = pad_to
+        self.cluster_size = cluster_size
+        self.inner: Inner = inner
         self._set_of, self._row_of = kit.lookup(len(tokenizer))
         self.pad_id = self._filler() if pad_to > 1 else None
         self._importance = self._check_importance(importance)
@@ -230,6 +288,12 @@ class TextPerturber:
         if not self.kit.sets:
             raise ConfigError("pad_to > 1 needs a kit with a candidate set to pad with.")
         return int(self.kit.sets[0].token_ids[0])
+
+    def guarantee(self, eps: float) -> dict[str, Any]:
+        """`mechanism_guarantee` of this perturber's strategy and kit at ``eps``."""
+        return mechanism_guarantee(
+            self.strategy, eps, self.kit, cluster_size=self.cluster_size, inner=self.inner
+        )
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's token ids as perturbed: tokenized, then padded to ``pad_to``."""
@@ -294,7 +358,7 @@ class TextPerturber:
         budgets: torch.Tensor,
         generator: torch.Generator,
     ) -> torch.Tensor:
-        """Output ids: every perturbed token of set s drawn in one sample_em call per set."""
+        """Output ids: every perturbed token of set s drawn in one call per set."""
         outputs = ids.clone()
         budget_at = torch.zeros(ids.shape, dtype=torch.float64, device=ids.device)
         budget_at[perturbed] = budgets
@@ -302,15 +366,34 @@ class TextPerturber:
             positions = (set_index == index).nonzero().squeeze(1)
             if positions.numel() == 0:
                 continue
-            rows = sample_em(
-                candidates,
-                self._row_of[ids[positions]],
-                budget_at[positions],
-                generator,
-                chunk_elements=self.chunk_elements,
+            rows = self._sample_set(
+                index, candidates, self._row_of[ids[positions]], budget_at[positions], generator
             )
             outputs[positions] = candidates.token_ids[rows]
         return outputs
+
+    def _sample_set(
+        self,
+        index: int,
+        candidates: CandidateSet,
+        rows: torch.Tensor,
+        budgets: torch.Tensor,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """The strategy's draw for input rows of the kit's ``index``-th set."""
+        if self.strategy == "krr":
+            _check_generator(generator, rows.device)
+            return sample_krr(candidates.size, rows, budgets, generator)
+        if self.strategy == "custext":
+            _check_generator(generator, rows.device)
+            clusters = kit_clusters(self.kit, self.cluster_size)[index]
+            return sample_custext(candidates, clusters, rows, budgets, generator, self.inner)
+        if self.strategy == "metric":
+            _check_generator(generator, rows.device)
+            return sample_metric(
+                candidates, rows, budgets, generator, chunk_elements=self.chunk_elements
+            )
+        return sample_em(candidates, rows, budgets, generator, chunk_elements=self.chunk_elements)
 
     def _assemble(
         self,
@@ -326,6 +409,8 @@ class TextPerturber:
         lengths = [len(row) for row in encoded]
         output_rows = [row.tolist() for row in outputs.cpu().split(lengths)]
         m_per_text = torch.bincount(text_of[perturbed], minlength=len(texts)).tolist()
+        if self.strategy == "metric":  # the worst case against any token of the set
+            budgets = budgets * METRIC_DIAMETER
         budget_rows = [row.tolist() for row in budgets.cpu().split(m_per_text)]
         if math.isinf(eps):
             sent = texts  # exact, even where the tokenizer's round trip is not
