@@ -19,6 +19,7 @@ from fedkt.errors import ConfigError
 from fedkt.experiments import fedcot as harness
 from fedkt.experiments import harness as shared_harness
 from fedkt.federation.fedcot import FedCoTResult, FedCoTSpec
+from fedkt.privacy.retention import MEASURED_GRIDS
 from fedkt.report import read_jsonl, to_strict_json, write_json, write_jsonl
 
 
@@ -181,9 +182,68 @@ def test_fedcot_section_takes_the_new_mechanisms_and_their_settings() -> None:
         "krr",
     )
     assert config.fedcot.settings(config.train, "metric", 5.0).label == "metric@5"
-    for bad in ({"cluster_size": 1}, {"custext_inner": "gauss"}, {"strategies": ["paraphrasex"]}):
+    for bad in (
+        {"cluster_size": 1},
+        {"custext_inner": "gauss"},
+        {"strategies": ["paraphrasex"]},
+        {"paraphrase_tokens": 0},
+    ):
         with pytest.raises(ConfigError):
             build_config({"fedcot": bad})
+
+
+def test_measured_grids_sweep_each_strategy_s_own_eps_and_stores_never_mix(
+    tmp_path: Path, shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, float, str]] = []
+
+    def fake(spec: FedCoTSpec) -> FedCoTResult:
+        calls.append(
+            (spec.settings.strategy, spec.settings.eps, Path(str(spec.response_store)).name)
+        )
+        return _fake_run(spec)
+
+    monkeypatch.setattr(harness, "simulate_fedcot", fake)
+    fedcot = {
+        "eps": [2.0, math.inf],
+        "baselines": ["fedcot"],
+        "strategies": ["krr", "custext", "paraphrase"],
+        "measured_grids": True,
+        "custext_inner": "krr",
+        "paraphrase_tokens": 16,
+        "paraphrase_logit_min": -5.0,
+        "paraphrase_logit_max": 5.0,
+    }
+    config = build_config(
+        {
+            "output_dir": str(tmp_path),
+            "algorithm": "fedcot",
+            "data": {"dir": str(shared_data_dir), "tasks": ["arc_easy"], "limit": 4,
+                     "train_limit": 9},
+            "federation": {"clients": 2},
+            "fedcot": fedcot,
+        }
+    )  # fmt: skip
+    assert harness.strategy_grid(config.fedcot, "krr") == MEASURED_GRIDS["classes"]["krr"]
+    settings = config.fedcot.settings(config.train, "paraphrase", 2.0)
+    assert settings.paraphrase_settings.prompt_eps == 32.0
+    assert settings.paraphrase_settings.sensitivity == 10.0
+    results = harness.run_fedcot_experiment(config)
+    grids = {
+        "krr": MEASURED_GRIDS["classes"]["krr"],
+        "custext": MEASURED_GRIDS["classes"]["custext(krr)"],
+    }
+    finite = [(s, e) for s, e, _ in calls]
+    expected = [(s, e) for s in ("krr", "custext") for e in grids[s] if math.isfinite(e)]
+    # inf runs once for the token mechanisms; the greedy paraphrase is a run of its own
+    assert finite == [*expected[:6], ("krr", math.inf), *expected[6:], ("paraphrase", 2.0),
+                      ("paraphrase", math.inf)]  # fmt: skip
+    stores = {name for _, _, name in calls}
+    assert len(stores) == len(calls)  # no two settings share answers
+    assert "arc_easy-custext-K20-krr-1.5.jsonl" in stores
+    assert "arc_easy-paraphrase-n16-logits-5_5-2.jsonl" in stores
+    assert "same_run_as" in results["tasks"]["arc_easy"]["baselines"]["fedcot-custext@inf"]
+    assert harness.plot_fedcot(results, tmp_path / "results.png").stat().st_size > 0
 
 
 def test_fedkt_retention_prints_each_strategy_s_knees(

@@ -372,6 +372,8 @@ def _retention(config: FedktConfig, args: argparse.Namespace) -> int:
         tokens = public_tokens(tokenizer, kit, fields)
         importance = public_importance(tokenizer, [e.question for e in public])
         for strategy in settings.strategies:
+            if strategy == "paraphrase":  # no per-token retention: every token is sampled
+                continue
             curve = Retention(
                 tokens,
                 strategy,

@@ -296,20 +296,20 @@ class FedCoTConfig:
     Args:
         decoder: the clients' frozen local LM that recovers rationales (and whose embeddings
             make the perturbation candidates).
-        strategies: DP mechanisms to compare: "em", "aem", "krr", "custext", "metric"
-            (`fedkt.algorithms.fedcot.FedCoTSettings`).
-        eps: privacy budgets to compare (per token for EM, k-RR and CusText; AEM spends the
-            same prompt total; eps_d for metric DP); ``inf`` sends the text unperturbed and
-            is run once for all strategies. The default is the paper's grid, at which EM
-            keeps almost no token. Each mechanism's own grid, the eps where its retention
-            r(eps) on 200 public questions (ARC-Easy and AG News, geometric mean; SmolLM2-135M
-            kit, "classes") crosses 1, 5, 20, 50, 80 and 95 % (`fedkt retention`,
-            bench/fedcot_retention.py, `fedkt.privacy.retention.MEASURED_GRIDS`), each then
-            inf: em 15, 27, 36, 50, 73, 100; aem 19, 30, 40, 54, 78, 110; krr 1.9, 5.9, 8.7,
-            10, 12, 13; custext (K = 20, EM inside; it keeps 1/K = 5 % at eps = 0) 11, 21,
-            35, 55, with k-RR inside 1.5, 2.9, 4.3, 5.9; metric (eps_d) 4, 9.4, 13, 16, 19,
-            24. With "vocabulary" they move little (em 23 to 100, krr 6.2 to 14, metric 8.6
-            to 24).
+        strategies: DP mechanisms to compare: "em", "aem", "krr", "custext", "metric",
+            "paraphrase" (`fedkt.algorithms.fedcot.FedCoTSettings`).
+        eps: privacy budgets to compare (per token for EM, k-RR and CusText; AEM spends the same
+            prompt total; eps_d for metric DP; per generated token for "paraphrase", whose inf is
+            the greedy paraphrase, a run of its own); ``inf`` sends the text unperturbed and is run
+            once for all (token) strategies. The default is the paper's grid, at which EM keeps
+            almost no token. Each mechanism's own grid (used with ``measured_grids``), the eps where
+            its retention r(eps) on 200 public questions (ARC-Easy and AG News, geometric mean;
+            SmolLM2-135M kit, "classes") crosses 1, 5, 20, 50, 80 and 95 % (`fedkt retention`,
+            bench/fedcot_retention.py, `fedkt.privacy.retention.MEASURED_GRIDS`), each then inf: em
+            15, 27, 36, 50, 73, 100; aem 19, 30, 40, 54, 78, 110; krr 1.9, 5.9, 8.7, 10, 12, 13;
+            custext (K = 20, EM inside; it keeps 1/K = 5 % at eps = 0) 11, 21, 35, 55, with k-RR
+            inside 1.5, 2.9, 4.3, 5.9; metric (eps_d) 4, 9.4, 13, 16, 19, 24. With "vocabulary" they
+            move little (em 23 to 100, krr 6.2 to 14, metric 8.6 to 24).
         baselines: methods to run, in this order.
         alpha: weight of the explain loss (1 - alpha: the predict loss).
         rationale_tokens: new tokens the server LLM may write per rationale.
@@ -331,10 +331,19 @@ class FedCoTConfig:
             (the client checks with its own label); off by default.
         chat_template: the server LLM answers in its chat template where its tokenizer has
             one (instruction-tuned LLMs), and is scored zero-shot on generative tasks so too.
+        measured_grids: each strategy sweeps its own measured grid
+            (`fedkt.privacy.retention.MEASURED_GRIDS` for ``candidates``, ending in inf)
+            instead of ``eps``; "paraphrase" has none and keeps ``eps``.
+        paraphrase_tokens: "paraphrase"'s tokens drawn per private field (its eps is per
+            token: a field costs paraphrase_tokens x eps).
+        paraphrase_logit_min, paraphrase_logit_max: "paraphrase"'s public logit clipping range.
     """
 
     decoder: str = "smollm2-135m"
-    strategies: tuple[Literal["em", "aem", "krr", "custext", "metric"], ...] = ("em", "aem")
+    strategies: tuple[Literal["em", "aem", "krr", "custext", "metric", "paraphrase"], ...] = (
+        "em",
+        "aem",
+    )
     eps: tuple[float, ...] = (1.0, 3.0, 5.0, 10.0, float("inf"))
     baselines: tuple[FedCoTBaseline, ...] = FEDCOT_BASELINES
     alpha: float = 0.5
@@ -350,6 +359,10 @@ class FedCoTConfig:
     noise_seed: int | None = None
     keep_consistent: bool = False
     chat_template: bool = True
+    measured_grids: bool = False
+    paraphrase_tokens: int = 64
+    paraphrase_logit_min: float = -10.0
+    paraphrase_logit_max: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.strategies or not self.baselines:
@@ -381,6 +394,9 @@ class FedCoTConfig:
             noise_seed=self.noise_seed,
             keep_consistent=self.keep_consistent,
             chat_template=self.chat_template,
+            paraphrase_tokens=self.paraphrase_tokens,
+            paraphrase_logit_min=self.paraphrase_logit_min,
+            paraphrase_logit_max=self.paraphrase_logit_max,
         )
 
 

@@ -413,3 +413,30 @@ def test_degenerate_rationales_failed_recoveries_and_the_consistency_filter_are_
         assert recovery.rejected == 2 + int(keep)
         counted = len(recovery.rationales) + recovery.missing + recovery.rejected
         assert counted == len(rows)
+
+
+def test_paraphrase_rewrites_each_field_with_the_local_lm_at_a_fixed_length(
+    tiny_tokenizer: PreTrainedTokenizerFast, tiny_llama: LlamaForCausalLM
+) -> None:
+    embeddings = torch.randn(len(tiny_tokenizer), 16, generator=torch.Generator().manual_seed(0))
+    kit = build_kit(tiny_tokenizer, embeddings, min_letters=1)
+    settings = FedCoTSettings(strategy="paraphrase", eps=2.0, paraphrase_tokens=5)
+    with pytest.raises(ConfigError, match="local decoder LM"):
+        make_perturber(tiny_tokenizer, kit, settings)
+    paraphraser = make_perturber(tiny_tokenizer, kit, settings, model=tiny_llama)
+    generator = torch.Generator().manual_seed(0)
+    queries = client_encode(EXAMPLES, paraphraser, settings, generator)
+    for example, sent in zip(EXAMPLES, queries.perturbed, strict=True):
+        fields = len(private_fields(example))  # question and choices, each its own paraphrase
+        assert len(sent.output_ids) == fields * 5  # n draws per field, whatever the input
+        assert sent.record.tokens_perturbed == fields * 5 and sent.record.strategy == "paraphrase"
+        assert sent.record.prompt_eps == pytest.approx(fields * 5 * 2.0)
+        assert example.question not in sent.text
+    report = privacy_report(queries, kit, settings, perturber=paraphraser, noise="seeded")
+    assert report["guarantee"]["prompt_eps"] == pytest.approx(10.0)
+    assert report["guarantee"]["neighbours"].startswith("any two private texts")
+    assert report["pattern_unique_rate"] == 0.0 and report["noise"] == "seeded"
+    assert 0.0 <= report["gold_answer_leak_rate"] <= 1.0
+    assert "protected_recovered" not in report  # no token alignment to invert
+    with pytest.raises(ConfigError, match="paraphrase"):
+        FedCoTSettings(strategy="paraphrase", paraphrase_logit_min=1.0, paraphrase_logit_max=0.0)

@@ -227,6 +227,48 @@ def test_clients_send_only_perturbed_prompts_and_a_bare_acknowledgement(
     tiny_tokenizer: PreTrainedTokenizerFast,
 ) -> None:
     _, _, sent = simulated
+    _check_sent(sent, tiny_tokenizer)
+
+
+PARAPHRASE_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def simulated_paraphrase(
+    tmp_path_factory: pytest.TempPathFactory, models_root: Path
+) -> Iterator[tuple[FedCoTSpec, FedCoTResult, list[Message]]]:
+    settings = dataclasses.replace(
+        SETTINGS, strategy="paraphrase", paraphrase_tokens=PARAPHRASE_TOKENS
+    )
+    spec = _spec(models_root, tmp_path_factory, settings=settings)
+    recorder = Recorder(tmp_path_factory.mktemp("sent-paraphrase"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
+        env.setenv("FLWR_TELEMETRY_ENABLED", "0")
+        env.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
+        result = simulate_fedcot(spec, client_mods=[recorder])
+    yield spec, result, recorder.messages()
+
+
+def test_paraphrasing_clients_send_fixed_length_paraphrases_and_nothing_else(
+    simulated_paraphrase: tuple[FedCoTSpec, FedCoTResult, list[Message]],
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    spec, result, sent = simulated_paraphrase
+    assert result.requests == result.acknowledged == (2, 2)
+    for k in range(spec.num_clients):
+        privacy = read_report(Path(str(spec.reports_dir)) / f"client{k}.json")["privacy"]
+        # 2 rows x (question + 2 choices), each field exactly PARAPHRASE_TOKENS draws
+        assert privacy["tokens_perturbed"] == 2 * 3 * PARAPHRASE_TOKENS
+        assert privacy["tokens_passed_through"] == 0
+        assert privacy["prompt_eps_max"] == pytest.approx(3 * PARAPHRASE_TOKENS * 1.0)
+        assert privacy["guarantee"]["new_tokens"] == PARAPHRASE_TOKENS
+        assert privacy["pattern_unique_rate"] == 0.0 and privacy["noise"] == "secrets"
+    _check_sent(sent, tiny_tokenizer)
+
+
+def _check_sent(sent: list[Message], tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+    """Every captured client message: no private text or ids, no statistic, only strings."""
     ids = _private_ids(tiny_tokenizer)
     for msg in sent:
         assert not msg.has_error()

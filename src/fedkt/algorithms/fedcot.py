@@ -10,9 +10,10 @@ weights are exchanged; the server never sees a raw question or a label.
 
 One round trip:
   1. encode       x'_i = render(M_eps(fields(x_i))): the private fields of every question (the
-                  question, and for multiple choice its choices) are perturbed token by token
-                  with a DP mechanism (EM, or adaptive EM at the same prompt budget) and put
-                  back into the public template
+                  question, and for multiple choice its choices) are perturbed with a DP
+                  mechanism (token by token: EM, adaptive EM, k-RR, CusText, metric DP; or
+                  rewritten by the local LM: the DP-Prompt paraphrase) and put back into the
+                  public template
   2. request      p_i = instruction + worked example + x'_i, sent under an opaque id     (-> server)
   3. rationale    r'_i = LLM(p_i), near-greedy, keyed by id                              (<- server)
   4. recover      r_i = LM_local(worked example + (x'_i, r'_i) + the ORIGINAL x_i), filtered
@@ -88,14 +89,24 @@ from fedkt.privacy import (
     secure_generator,
     unperturbed,
 )
+from fedkt.privacy import paraphrase as dp_prompt
 from fedkt.privacy.custext import DEFAULT_CLUSTER_SIZE, INNERS, Inner, cluster_kit
 from fedkt.privacy.inversion import mechanism_recovery
+from fedkt.privacy.paraphrase import Paraphraser, ParaphraseSettings
 from fedkt.privacy.perturb import Strategy as TokenStrategy
 from fedkt.privacy.perturb import mechanism_guarantee
 from fedkt.training import TrainReport, TrainSettings, derive_seed, train_multitask
 
-Strategy = Literal["em", "aem", "krr", "custext", "metric", "none"]
-STRATEGIES: tuple[Strategy, ...] = ("em", "aem", "krr", "custext", "metric", "none")
+Strategy = Literal["em", "aem", "krr", "custext", "metric", "paraphrase", "none"]
+STRATEGIES: tuple[Strategy, ...] = (
+    "em",
+    "aem",
+    "krr",
+    "custext",
+    "metric",
+    "paraphrase",
+    "none",
+)
 
 
 @dataclass(frozen=True)
@@ -107,9 +118,13 @@ class FedCoTSettings:
             budget spread by public token importance), "krr" (k-ary randomized response over
             the token's candidate set: the most tokens kept at an eps), "custext" (EM or k-RR
             within a fixed cluster of public nearest neighbours; the cluster is released),
-            "metric" (d_X-privacy, d = sqrt(2 - 2 cos); ``eps`` is eps_d) or "none" (the
-            non-private upper bound: the server sees the raw question). Each one's guarantee
-            in words: `fedkt.privacy.perturb.mechanism_guarantee`, in the privacy report.
+            "metric" (d_X-privacy, d = sqrt(2 - 2 cos); ``eps`` is eps_d), "paraphrase"
+            (DP-Prompt: the client's local decoder LM writes ``paraphrase_tokens`` tokens per
+            private field, each an EM draw over its clipped logits at ``eps``; any two texts
+            are neighbours, nothing is released in clear; `fedkt.privacy.paraphrase`) or
+            "none" (the non-private upper bound: the server sees the raw question). Each
+            one's guarantee in words: `fedkt.privacy.perturb.mechanism_guarantee` (for
+            "paraphrase" `fedkt.privacy.paraphrase.guarantee`), in the privacy report.
         eps: per-token budget of EM; AEM spreads ``eps x tokens`` of each private field
             over that field's tokens (so the prompt total is ``eps x tokens`` too). ``inf``
             sends the text unchanged (still recorded as such). Only the private fields'
@@ -150,6 +165,11 @@ class FedCoTSettings:
         chat_template: the server LLM answers each request as the user's turn of its chat
             template, where its tokenizer has one (an instruction-tuned LLM: fed a raw
             prompt it continues text instead); its end-of-turn then ends a rationale.
+        paraphrase_tokens: "paraphrase"'s fixed output length n per private field; a field
+            costs n x eps, so a multiple-choice row (question and each choice paraphrased
+            separately) costs (1 + choices) x n x eps.
+        paraphrase_logit_min, paraphrase_logit_max: "paraphrase"'s public logit clipping
+            range (its sensitivity is their difference).
     """
 
     strategy: Strategy = "em"
@@ -172,6 +192,9 @@ class FedCoTSettings:
     noise_seed: int | None = None
     keep_consistent: bool = False
     chat_template: bool = True
+    paraphrase_tokens: int = 64
+    paraphrase_logit_min: float = -10.0
+    paraphrase_logit_max: float = 10.0
 
     def __post_init__(self) -> None:
         if self.candidates not in PARTITIONS:
@@ -198,6 +221,17 @@ class FedCoTSettings:
                 f"fedcot min_rationale_words={self.min_rationale_words} and min_letters="
                 f"{self.min_letters} must be >= 1"
             )
+        _ = self.paraphrase_settings  # DP-Prompt's own range checks
+
+    @property
+    def paraphrase_settings(self) -> ParaphraseSettings:
+        """ "paraphrase"'s settings at this point's eps (per generated token)."""
+        return ParaphraseSettings(
+            eps_per_token=self.eps,
+            new_tokens=self.paraphrase_tokens,
+            logit_min=self.paraphrase_logit_min,
+            logit_max=self.paraphrase_logit_max,
+        )
 
     @property
     def label(self) -> str:
@@ -208,15 +242,28 @@ class FedCoTSettings:
 # ---- client, steps 1-2: perturb and wrap --------------------------------------------------
 
 
+Perturber = TextPerturber | Paraphraser
+"""What perturbs a client's private fields: ``tokenizer`` and ``perturb(texts, eps, generator)``."""
+
+
 def make_perturber(
     tokenizer: PreTrainedTokenizerBase,
     kit: PerturbationKit,
     settings: FedCoTSettings,
     importance: torch.Tensor | None = None,
-) -> TextPerturber:
+    *,
+    model: nn.Module | None = None,
+) -> Perturber:
     """The mechanism of ``settings`` over ``kit`` (built with ``settings.candidates``),
     padding each field to ``pad_to`` under "vocabulary". "none" gets an EM one too: its
-    tokenizer records what is sent."""
+    tokenizer records what is sent. "paraphrase" gets a `Paraphraser` on ``model``, the
+    client's local decoder LM (``tokenizer`` its tokenizer; ``kit`` is not used)."""
+    if settings.strategy == "paraphrase":
+        if model is None:
+            raise ConfigError(
+                "fedcot strategy 'paraphrase' needs the client's local decoder LM: pass model="
+            )
+        return Paraphraser(model, tokenizer, settings.paraphrase_settings)
     mechanism: TokenStrategy = "em" if settings.strategy == "none" else settings.strategy
     pad_to = settings.pad_to if settings.candidates == "vocabulary" else 1
     return TextPerturber(
@@ -293,7 +340,7 @@ class ClientQueries:
 
 def client_encode(
     examples: Sequence[Example],
-    perturber: TextPerturber,
+    perturber: Perturber,
     settings: FedCoTSettings,
     generator: torch.Generator,
     *,
@@ -305,6 +352,8 @@ def client_encode(
     Only the question and (multiple choice) the choices are perturbed and counted in the
     prompt's eps; "Choices:" and the separators are public, and so are the choices of a row
     that are exactly ``label_names`` (a classification task's labels, `fedkt.data.cot`).
+    "paraphrase" too rewrites each field separately (each one ``paraphrase_tokens`` draws),
+    so the server still sees a question and its choices in the public template.
     """
     fields = [private_fields(example, label_names) for example in examples]
     flat = [text for row in fields for text in row]
@@ -531,7 +580,7 @@ def privacy_report(
     kit: PerturbationKit,
     settings: FedCoTSettings,
     *,
-    perturber: TextPerturber | None = None,
+    perturber: Perturber | None = None,
     log_prior: torch.Tensor | None = None,
     reference: Sequence[Sequence[str]] = (),
     noise: str = NOISE_SECRETS,
@@ -556,9 +605,16 @@ def privacy_report(
       shares; ``pattern_unique_public``: the same share within ``reference`` alone. Needs
       the ``perturber`` that made the queries (its tokenizer and padding). Without
       perturbation ("none", eps = inf) the pattern is the text itself.
+
+    "paraphrase" (`fedkt.privacy.paraphrase`) reports its guarantee (needs the ``perturber``
+    for its vocabulary size), the noise source and the gold-answer leak rate of the
+    paraphrases; the token-alignment attackers do not apply (an output token has no input
+    position) and the pattern is 0 by construction: nothing but sampled tokens is sent.
     """
     summary = privacy_summary(queries.records)
     summary.pop("strategies")
+    if settings.strategy == "paraphrase":
+        return _paraphrase_report(queries, settings, summary, perturber, noise)
     plain = settings.strategy == "none"
     in_clear = plain or math.isinf(settings.eps)
     # what an observer sees of each perturbed token: its set, or its cluster under custext
@@ -588,7 +644,7 @@ def privacy_report(
         "gold_answer_leak_rate": answer_leak_rate(private_sent, golds),
         "composition": COMPOSITION,
     }
-    if perturber is not None:
+    if isinstance(perturber, TextPerturber):
         uniqueness = pattern_uniqueness(
             perturber.tokenizer,
             None if in_clear else seen,
@@ -599,6 +655,36 @@ def privacy_report(
         )
         report.update(uniqueness)
     return report
+
+
+def _paraphrase_report(
+    queries: ClientQueries,
+    settings: FedCoTSettings,
+    summary: dict[str, Any],
+    perturber: Perturber | None,
+    noise: str,
+) -> dict[str, Any]:
+    """`privacy_report` of "paraphrase": its guarantee, noise, leak rate; no pattern."""
+    if perturber is None:
+        raise ConfigError("privacy_report of 'paraphrase' needs the perturber (its tokenizer)")
+    golds = [_gold_text(example) for example in queries.examples]
+    private_sent = ["\n".join(fields) for fields in queries.perturbed_fields]
+    guarantee = dp_prompt.guarantee(settings.paraphrase_settings, len(perturber.tokenizer))
+    if math.isinf(settings.eps):
+        guarantee["statement"] = "not private: the greedy paraphrase (eps = inf)"
+    return {
+        "strategy": settings.strategy,
+        "eps": settings.eps,
+        "noise": "none (greedy paraphrase)" if math.isinf(settings.eps) else noise,
+        "candidates": "vocabulary (every generated token)",
+        "released_in_clear": dp_prompt.RELEASED_IN_CLEAR,
+        "guarantee": guarantee,
+        **summary,
+        "gold_answer_leak_rate": answer_leak_rate(private_sent, golds),
+        "pattern_unique_rate": 0.0,
+        "pattern": "none: only sampled tokens are sent (fixed number of draws per field)",
+        "composition": COMPOSITION,
+    }
 
 
 def _recovery(

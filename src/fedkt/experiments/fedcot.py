@@ -12,8 +12,10 @@ reasoning tasks (GSM8K: the model writes a rationale, its final number is graded
   one: `fedkt.data.cot.llm_evaluation_example`);
 - ``standalone``: each client fine-tunes the SLM on its labels only (no rationale);
 - ``cot_upper_bound``: FedCoT with the raw questions sent (no privacy);
-- ``fedcot``: FedCoT for every strategy x eps of [fedcot]; at eps = inf neither mechanism
-  perturbs, so that point runs once and serves both strategies.
+- ``fedcot``: FedCoT for every strategy x eps of [fedcot] (with ``measured_grids`` each
+  strategy sweeps its own measured grid, `strategy_grid`); at eps = inf no mechanism
+  perturbs, so that point runs once and serves every strategy (but "paraphrase", whose
+  eps = inf is the greedy paraphrase, a run of its own).
 
 The SLM score of a federated method is the mean over clients (each trains its own SLM). The
 clients send the server nothing but their perturbed prompts; their privacy reports, counts
@@ -43,7 +45,7 @@ from typing import Any
 import torch
 
 from fedkt.algorithms.fedcot import COMPOSITION
-from fedkt.config import FedktConfig
+from fedkt.config import FedCoTConfig, FedktConfig
 from fedkt.data import Example
 from fedkt.data.cot import (
     evaluation_example,
@@ -67,6 +69,7 @@ from fedkt.federation.fedcot import FedCoTSpec, simulate_fedcot
 from fedkt.federation.reports import read_report
 from fedkt.jobs import load_for, task_examples
 from fedkt.models import adapter_state, add_lora, load_adapter_state
+from fedkt.privacy.retention import MEASURED_GRIDS
 from fedkt.report import format_table, read_jsonl
 from fedkt.training import derive_seed, train_answer_only
 
@@ -107,7 +110,8 @@ class FedCoTTask(ClientModelsTask):
 
     def spec(self, label: str, strategy: str, eps: float) -> FedCoTSpec:
         config, task = self.config, self.data.task
-        store = Path(config.output_dir) / "responses" / f"{task}-{strategy}-{eps:g}.jsonl"
+        name = f"{task}-{strategy}{_store_suffix(config.fedcot, strategy)}-{eps:g}.jsonl"
+        store = Path(config.output_dir) / "responses" / name
         return FedCoTSpec(
             **self.spec_fields(label, str(store)),
             decoder=config.fedcot.decoder,
@@ -122,6 +126,27 @@ class FedCoTTask(ClientModelsTask):
     def generative(self) -> bool:
         """True for a generative reasoning task (GSM8K): scored explain-then-answer."""
         return bool(self.data.evaluation) and self.data.evaluation[0].is_generative
+
+
+def _store_suffix(config: FedCoTConfig, strategy: str) -> str:
+    """The settings beside strategy and eps that change what a strategy sends, for the
+    response store's file name (two settings never share a file)."""
+    if strategy == "custext":
+        return f"-K{config.cluster_size}-{config.custext_inner}"
+    if strategy == "paraphrase":
+        low, high = config.paraphrase_logit_min, config.paraphrase_logit_max
+        return f"-n{config.paraphrase_tokens}-logits{low:g}_{high:g}"
+    return ""
+
+
+def strategy_grid(config: FedCoTConfig, strategy: str) -> tuple[float, ...]:
+    """The eps a strategy sweeps: ``config.eps``, or with ``measured_grids`` its own measured
+    grid for ``config.candidates`` (`fedkt.privacy.retention.MEASURED_GRIDS`; CusText's by
+    its inner mechanism). "paraphrase" has no measured grid and keeps ``config.eps``."""
+    if not config.measured_grids or strategy == "paraphrase":
+        return config.eps
+    key = f"custext({config.custext_inner})" if strategy == "custext" else strategy
+    return MEASURED_GRIDS[config.candidates][key]
 
 
 def zero_shot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -177,25 +202,27 @@ def cot_upper_bound(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def fedcot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every strategy x eps, one at a time (each is written as soon as it is done); eps = inf
-    runs once (nothing is perturbed) and serves every strategy."""
+    """Every strategy x eps of its grid (`strategy_grid`), one at a time (each is written as
+    soon as it is done); eps = inf runs once (nothing is perturbed) and serves every token
+    strategy; "paraphrase" at inf (the greedy paraphrase) is a run of its own."""
     fedcot_config = run.config.fedcot
     unperturbed: tuple[str, dict[str, Any]] | None = None
     for strategy in fedcot_config.strategies:
-        for eps in fedcot_config.eps:
+        for eps in strategy_grid(fedcot_config, strategy):
             label = f"fedcot-{strategy}@{eps:g}"
+            shares = math.isinf(eps) and strategy != "paraphrase"
             if label in run.board.finished:  # done before --resume
-                if math.isinf(eps) and unperturbed is None:
+                if shares and unperturbed is None:
                     unperturbed = (label, run.board.finished[label])
                 continue
-            if math.isinf(eps) and unperturbed is not None:
+            if shares and unperturbed is not None:
                 run.board.alias(label, "slm", same_as=unperturbed[0])
                 same = {**unperturbed[1], "same_run_as": unperturbed[0]}
                 same["composition"] = sweep_composition({**run.board.finished, label: same})
                 yield label, same
                 continue
             outcome = _federated(run, label, strategy, eps)
-            if math.isinf(eps):
+            if shares:
                 unperturbed = (label, outcome)
             yield label, outcome
 
@@ -473,16 +500,30 @@ def _cell(column: str, value: Any) -> str:
 
 
 def plot_fedcot(results: dict[str, Any], path: Path) -> Path:
-    """Per task: SLM accuracy against eps for each strategy (the other methods as horizontal
-    lines) with, dashed, how often the server's rationales reach the gold answer, and on a
-    second axis the share of tokens an inverting attacker recovers (and, fainter, what the
-    public prior alone recovers)."""
+    """Per task: SLM accuracy against eps (symmetric log axis, each strategy at its own
+    grid; inf drawn past the largest finite eps) for every strategy run (the other methods as
+    horizontal lines) with, dashed, how often the server's rationales reach the gold answer,
+    and on a second axis the share of tokens an inverting attacker recovers (and, fainter,
+    what the public prior alone recovers; neither for "paraphrase")."""
     return plot_tasks(results, path, _eps_panel, size=(7, 4.2))
+
+
+STRATEGY_COLORS = {
+    "em": "tab:orange",
+    "aem": "tab:green",
+    "krr": "tab:red",
+    "custext": "tab:purple",
+    "metric": "tab:brown",
+    "paraphrase": "tab:cyan",
+}
 
 
 def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
     recovered = ax.twinx()
-    for strategy, color in (("em", "tab:orange"), ("aem", "tab:green")):
+    finite = [e for n in baselines if n.startswith("fedcot-") and math.isfinite(e := _eps_of(n))]
+    at_inf = 2.0 * max(finite, default=1.0) or 1.0  # where eps = inf is drawn
+    ticks: dict[float, str] = {}
+    for strategy, color in STRATEGY_COLORS.items():
         points = sorted(
             (_eps_of(name), outcome)
             for name, outcome in baselines.items()
@@ -490,7 +531,10 @@ def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
         )
         if not points:
             continue
-        xs = list(range(len(points)))
+        xs = [at_inf if math.isinf(e) else e for e, _ in points]
+        ticks |= {
+            x: "inf" if math.isinf(e) else f"{e:g}" for x, (e, _) in zip(xs, points, strict=True)
+        }
         slm = [outcome["slm"] for _, outcome in points]
         errorbar(ax, xs, slm, color=color, label=f"FedCoT-{strategy.upper()} SLM")
         graded = [outcome.get("utility", {}) for _, outcome in points]
@@ -503,13 +547,15 @@ def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
                 alpha=0.6,
                 label=f"{strategy.upper()} server rationale acc",
             )
-        recovered.plot(
-            xs,
-            [100 * o["privacy"]["protected_recovered"] for _, o in points],
-            "x:",
-            color=color,
-            label=f"{strategy.upper()} tokens recovered",
-        )
+        inverted = [o["privacy"].get("protected_recovered") for _, o in points]
+        if all(isinstance(v, int | float) for v in inverted):  # none for a paraphrase
+            recovered.plot(
+                xs,
+                [100 * v for v in inverted],
+                "x:",
+                color=color,
+                label=f"{strategy.upper()} tokens recovered",
+            )
         prior = [o["privacy"].get("prior_only_recovered") for _, o in points]
         if all(isinstance(v, int | float) for v in prior):  # what the public prior alone gets
             recovered.plot(
@@ -520,7 +566,9 @@ def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
                 alpha=0.5,
                 label=f"{strategy.upper()} prior only",
             )
-        ax.set_xticks(xs, ["inf" if math.isinf(e) else f"{e:g}" for e, _ in points])
+    if ticks:  # eps on a symmetric log axis: each strategy at its own grid
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xticks(list(ticks), list(ticks.values()), rotation=90, fontsize="x-small")
     for name, style in (("zero_shot", ":"), ("standalone", "--"), ("cot_upper_bound", "-.")):
         outcome = baselines.get(name)
         if outcome is not None:

@@ -37,10 +37,12 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from flwr.serverapp import Grid
 from peft import PeftModel
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fedkt.algorithms.fedcot import (
     FedCoTSettings,
+    Perturber,
     client_encode,
     client_recover,
     client_train,
@@ -78,7 +80,6 @@ from fedkt.models import (
 )
 from fedkt.privacy import (
     PerturbationKit,
-    TextPerturber,
     build_kit,
     public_importance,
     public_unigram,
@@ -186,6 +187,7 @@ class _ClientModels:
     slm_tokenizer: PreTrainedTokenizerBase
     fresh_adapter: dict[str, torch.Tensor]
     decoder: Backend
+    decoder_model: nn.Module
     decoder_tokenizer: PreTrainedTokenizerBase
     kit: PerturbationKit
     importance: torch.Tensor
@@ -196,9 +198,12 @@ class _ClientModels:
         """Where the kit lives: the noise generator must be on the same device."""
         return self.kit.sets[0].token_ids.device if self.kit.sets else torch.device("cpu")
 
-    def perturber(self, settings: FedCoTSettings) -> TextPerturber:
-        """The mechanism of ``settings`` ("none" still needs the tokenizer: it is recorded)."""
-        return make_perturber(self.decoder_tokenizer, self.kit, settings, self.importance)
+    def perturber(self, settings: FedCoTSettings) -> Perturber:
+        """The mechanism of ``settings`` ("none" still needs the tokenizer: it is recorded;
+        "paraphrase" writes with the local decoder LM, the one that recovers rationales)."""
+        return make_perturber(
+            self.decoder_tokenizer, self.kit, settings, self.importance, model=self.decoder_model
+        )
 
 
 _CLIENT_MODELS: dict[tuple[Any, ...], _ClientModels] = {}
@@ -333,6 +338,7 @@ def _client_models(spec: FedCoTSpec) -> _ClientModels:
             slm_tokenizer=slm_tokenizer,
             fresh_adapter=adapter_state(peft_slm),
             decoder=TransformersBackend(decoder, decoder_tokenizer),
+            decoder_model=decoder,
             decoder_tokenizer=decoder_tokenizer,
             kit=build_kit(
                 decoder_tokenizer, embeddings, min_letters=min_letters, partition=candidates
