@@ -57,13 +57,14 @@ from fedkt.data.formats import ItemFormat, task_format
 from fedkt.data.synthetic import format_item
 from fedkt.errors import ConfigError, DataError
 from fedkt.experiments.harness import (
+    DP_HEADERS,
     Claim,
     ClientModelsTask,
     Scoreboard,
     TaskData,
     communication,
+    dp_cells,
     dp_privacy,
-    eps_text,
     run_methods,
     save_adapter,
     zero_shot_both,
@@ -302,11 +303,7 @@ def privacy_table(results: dict[str, Any]) -> str:
     row than to a held-out one (0.5: no sign of copying) with its sign-test p."""
     rows = [
         [
-            task,
-            name,
-            eps_text(outcome["privacy"]["target_epsilon"]),
-            eps_text(outcome["privacy"]["epsilon_max"]),
-            f"{outcome['privacy'].get('mean_private_rows', math.nan):.0f}",
+            *dp_cells(task, name, outcome["privacy"]),
             sum(outcome["server"]["synthetic"].values()),
             outcome["server"]["sent"],
             *_audit_cells(outcome["privacy"].get("audit") or {}),
@@ -315,8 +312,8 @@ def privacy_table(results: dict[str, Any]) -> str:
         for name, outcome in entry["baselines"].items()
         if "privacy" in outcome
     ]
-    headers = ["task", "method", "target eps", "spent eps (max)", "rows/client", "synthetic",
-               "augmented", "canary exposure", "canaries sent", "DCR to train (p)"]  # fmt: skip
+    headers = [*DP_HEADERS, "synthetic", "augmented", "canary exposure", "canaries sent",
+               "DCR to train (p)"]  # fmt: skip
     return format_table(headers, rows)
 
 

@@ -555,20 +555,27 @@ def eps_text(value: Any) -> str:
     return "inf" if math.isinf(eps) else f"{eps:.2f}"
 
 
+DP_HEADERS = ["task", "method", "target eps", "spent eps (max)", "rows/client"]
+
+
 def dp_table(results: dict[str, Any]) -> str:
     """One line per task and method that spent a DP budget: the target eps, the largest eps a
     client's accountant spent (the run's guarantee) and the mean private rows per client."""
     rows = [
-        [
-            task,
-            name,
-            eps_text(outcome["privacy"]["target_epsilon"]),
-            eps_text(outcome["privacy"]["epsilon_max"]),
-            f"{outcome['privacy'].get('mean_private_rows', math.nan):.0f}",
-        ]
+        dp_cells(task, name, outcome["privacy"])
         for task, entry in results["tasks"].items()
         for name, outcome in entry["baselines"].items()
         if "epsilon_max" in outcome.get("privacy", {})
     ]
-    headers = ["task", "method", "target eps", "spent eps (max)", "rows/client"]
-    return format_table(headers, rows) if rows else ""
+    return format_table(DP_HEADERS, rows) if rows else ""
+
+
+def dp_cells(task: str, method: str, privacy: dict[str, Any]) -> list[str]:
+    """`DP_HEADERS`' cells of one method's privacy entry (`dp_privacy`)."""
+    return [
+        task,
+        method,
+        eps_text(privacy["target_epsilon"]),
+        eps_text(privacy["epsilon_max"]),
+        f"{privacy.get('mean_private_rows', math.nan):.0f}",
+    ]
