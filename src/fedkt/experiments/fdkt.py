@@ -227,9 +227,11 @@ BASELINES: dict[str, Callable[[FDKTTask], Iterable[tuple[str, dict[str, Any]]]]]
 
 
 def claims(labels: Sequence[str]) -> list[Claim]:
-    """Each FDKT point's SLM against each of `CLAIMS_AGAINST` that ran (paired, same rows)."""
+    """Each FDKT point's SLM against each of `CLAIMS_AGAINST` that ran (paired, same rows),
+    and DP synthetic data alone against local only (do the DP samples help by themselves?)."""
     points = [label for label in labels if label.startswith("fdkt@")]
-    return [Claim("slm", point, other) for point in points for other in CLAIMS_AGAINST]
+    out = [Claim("slm", point, other) for point in points for other in CLAIMS_AGAINST]
+    return [*out, Claim("slm", "dp_synthetic_only", "local_only")]
 
 
 def run_fdkt_experiment(config: FedktConfig, *, resume: bool = False) -> dict[str, Any]:
