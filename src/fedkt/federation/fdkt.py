@@ -52,6 +52,7 @@ from fedkt.federation.boundary import query_train_app
 from fedkt.federation.messaging import replies_by_node, string_list, wait_for_nodes
 from fedkt.federation.reports import write_report
 from fedkt.federation.simulation import simulate
+from fedkt.federation.spec import ClientRunSpec
 from fedkt.generation import Backend, ResponseStore, make_backend
 from fedkt.models import (
     LoraSettings,
@@ -70,8 +71,8 @@ from fedkt.training.dp_synthesis import DPSynthesis
 _LOG = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class FDKTSpec(PublicFormat):
+@dataclass(frozen=True, kw_only=True)
+class FDKTSpec(ClientRunSpec, PublicFormat):
     """One FDKT run: models by name, the data, the settings.
 
     Args:
@@ -110,17 +111,6 @@ class FDKTSpec(PublicFormat):
     settings: FDKTSettings
     lora: LoraSettings
     embedder: str = EMBEDDED_EMBEDDER
-    dtype: str | None = None
-    device: str | None = None
-    client_cpus: int = 1
-    client_gpus: float = 0.0
-    eval_batch_size: int = 16
-    eval_max_new_tokens: int = 256
-    response_store: str | None = None
-    predictions_dir: str | None = None
-    artefacts_dir: str | None = None
-    reports_dir: str | None = None
-    max_message_bytes: int = keys.DEFAULT_MAX_MESSAGE_BYTES
     canaries: int = 0
 
     def __post_init__(self) -> None:

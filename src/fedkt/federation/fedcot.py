@@ -61,6 +61,7 @@ from fedkt.federation.boundary import query_train_app
 from fedkt.federation.messaging import replies_by_node, string_list, wait_for_nodes
 from fedkt.federation.reports import write_report
 from fedkt.federation.simulation import simulate
+from fedkt.federation.spec import ClientRunSpec
 from fedkt.generation import (
     Backend,
     Request,
@@ -94,8 +95,8 @@ _PENDING = "fedcot-pending"
 _CHOICES = "choices"
 
 
-@dataclass(frozen=True)
-class FedCoTSpec:
+@dataclass(frozen=True, kw_only=True)
+class FedCoTSpec(ClientRunSpec):
     """One FedCoT run: models by name, the data, the settings.
 
     Args:
@@ -138,19 +139,8 @@ class FedCoTSpec:
     public_texts: tuple[str, ...]
     settings: FedCoTSettings
     lora: LoraSettings
-    dtype: str | None = None
-    device: str | None = None
-    client_cpus: int = 1
-    client_gpus: float = 0.0
-    eval_batch_size: int = 16
-    eval_max_new_tokens: int = 256
-    response_store: str | None = None
-    predictions_dir: str | None = None
-    artefacts_dir: str | None = None
-    reports_dir: str | None = None
     label_names: tuple[str, ...] = ()
     pattern_reference: tuple[Example, ...] = ()
-    max_message_bytes: int = keys.DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
         if not self.client_data or any(not part for part in self.client_data):
