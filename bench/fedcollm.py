@@ -12,18 +12,32 @@ bench/results/fedcollm.png (per task: bars of every method for the LLM and the S
 
     .venv/bin/python bench/fedcollm.py                       # ~30 min on 2 idle CPU cores
     .venv/bin/python bench/fedcollm.py --tasks ag_news --eval-limit 100
+    .venv/bin/python bench/fedcollm.py --adapter-bytes       # seconds: no training
+
+``--adapter-bytes`` only counts what one round sends with the config's SLM for each LoRA target
+choice (all-linear, fedkt's default, against the paper's attention-only q/k/v/o, whose Table 2
+sizes it matches): adapter parameters and the payload bytes of the broadcast and of a client's
+reply through the federation's own codec, written to bench/results/fedcollm_adapter_bytes.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedkt.config import load_config, with_overrides
+from flwr.app import MetricRecord, RecordDict
+
+from fedkt.config import FedktConfig, load_config, with_overrides
 from fedkt.experiments import comparisons_table, results_table, run_experiment
 from fedkt.experiments.summary import headline, stderr
+from fedkt.federation import keys
+from fedkt.federation.codec import adapter_to_record, payload_bytes
+from fedkt.federation.fedcollm import broadcast_content
+from fedkt.jobs import placement
+from fedkt.models import adapter_state, add_lora, load_model_and_tokenizer
 from fedkt.report import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +47,16 @@ RESULTS = REPO / "bench" / "results"
 def main() -> None:
     args = _args()
     config = load_config(args.config)
+    if args.adapter_bytes:
+        report = adapter_bytes(config)
+        write_json(RESULTS / "fedcollm_adapter_bytes.json", report)
+        for name, row in report["targets"].items():
+            print(
+                f"{name:>10}: {row['params']:,} adapter params, {row['bytes_per_round']:,} bytes "
+                f"per round ({report['clients']} clients, both ways)"
+            )
+        print(f"all-linear / attention: {report['all_linear_over_attention']:.2f}x the bytes")
+        return
     data = config.data
     config = with_overrides(
         config,
@@ -65,6 +89,42 @@ def main() -> None:
     print(results_table(run))
     print(comparisons_table(run))
     print(f"wall time {seconds / 60:.1f} min")
+
+
+TARGETS: dict[str, str | tuple[str, ...]] = {
+    "all-linear": "all-linear",
+    "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
+}
+"""fedkt's default LoRA targets and the paper's (attention only, configs/fedcollm-paper.toml)."""
+
+
+def adapter_bytes(config: FedktConfig) -> dict[str, Any]:
+    """What one FedCoLLM round sends per LoRA target choice, on the config's SLM: only theta
+    travels, down to and up from every client, so a round is K x (broadcast + reply)."""
+    slm, clients = config.federation.slm, config.federation.clients
+    dtype, device = placement(config)
+    targets = {}
+    for name, modules in TARGETS.items():
+        model, _ = load_model_and_tokenizer(slm, dtype=dtype, device=device)
+        theta = adapter_state(add_lora(model, replace(config.lora, target_modules=modules)))
+        down = payload_bytes(broadcast_content(theta, 0))
+        reply = RecordDict(
+            {
+                keys.ADAPTER: adapter_to_record(theta),
+                keys.COUNTS: MetricRecord({keys.N_EXAMPLES: 1, keys.PARTITION: 0}),
+            }
+        )
+        up = payload_bytes(reply)
+        targets[name] = {
+            "target_modules": modules,
+            "params": sum(tensor.numel() for tensor in theta.values()),
+            "dtype": str(next(iter(theta.values())).dtype),
+            "bytes_down": down,
+            "bytes_up": up,
+            "bytes_per_round": clients * (down + up),
+        }
+    ratio = targets["all-linear"]["bytes_per_round"] / targets["attention"]["bytes_per_round"]
+    return {"slm": slm, "clients": clients, "targets": targets, "all_linear_over_attention": ratio}
 
 
 Cell = dict[str, float] | None
@@ -119,6 +179,11 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "fedcollm-bench.toml")
     parser.add_argument("--tasks", nargs="+", help="subset of the config's tasks")
     parser.add_argument("--eval-limit", type=int, help="validation rows per task (0 = all)")
+    parser.add_argument(
+        "--adapter-bytes",
+        action="store_true",
+        help="only count the bytes a round sends per LoRA target choice (no training)",
+    )
     return parser.parse_args()
 
 

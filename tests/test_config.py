@@ -66,3 +66,19 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     broken.write_text("[train\nlr = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(broken)
+
+
+def test_fedcollm_distillation_budget_and_selection() -> None:
+    """[fedcollm]: kd_epochs (one pass over D_a by default), kd_steps as an override, and the
+    min-CE selection reach the protocol's settings."""
+    default = build_config({}).fedcollm
+    assert (default.kd_epochs, default.kd_steps, default.kd_selection) == (1, None, "none")
+    config = build_config({"fedcollm": {"kd_epochs": 2, "kd_selection": "min_ce"}})
+    settings = config.fedcollm.settings(config.train, config.lora)
+    assert (settings.kd_epochs, settings.kd_steps, settings.kd_selection) == (2, None, "min_ce")
+    fixed = build_config({"fedcollm": {"kd_steps": 5}}).fedcollm
+    assert fixed.settings(TrainSettings(), config.lora).kd_steps == 5
+    with pytest.raises(ConfigError, match="kd_selection = 'best' must be one of"):
+        build_config({"fedcollm": {"kd_selection": "best"}})
+    with pytest.raises(ConfigError, match="kd_epochs=0"):
+        build_config({"fedcollm": {"kd_epochs": 0}})

@@ -183,3 +183,30 @@ def test_resume_takes_a_run_written_before_a_setting_existed_while_it_keeps_its_
     audited = dataclasses.replace(config, fdkt=dataclasses.replace(config.fdkt, canaries=2))
     with pytest.raises(ConfigError, match=r"differs in fdkt\.canaries"):
         _previous(path, audited, "fedcollm")
+
+
+def test_resume_may_grow_a_sweep_but_not_change_how_a_point_runs(tmp_path: Path) -> None:
+    """Which points run (baselines, strategies, eps grids) may change on --resume; how one
+    runs (here, whether a FedCoT point trains its SLM) may not."""
+    from fedkt.config import FedktConfig
+    from fedkt.errors import ConfigError
+    from fedkt.experiments.harness import _previous
+    from fedkt.report import to_strict_json, write_json
+
+    config = FedktConfig(output_dir=str(tmp_path))
+    path = tmp_path / "results.json"
+    write_json(path, {"algorithm": "fedcot", "config": to_strict_json(dataclasses.asdict(config))})
+    grown = dataclasses.replace(
+        config,
+        fedcot=dataclasses.replace(
+            config.fedcot, strategies=("em", "krr"), grids={"krr": (0.0, 10.0)}, eps=(1.0,)
+        ),
+    )
+    previous = _previous(path, grown, "fedcot")
+    assert previous is not None
+    assert previous["config"]["fedcot"]["strategies"] == ("em", "krr")  # the latest selection
+    untrained = dataclasses.replace(
+        config, fedcot=dataclasses.replace(config.fedcot, train_slm=False)
+    )
+    with pytest.raises(ConfigError, match=r"differs in fedcot\.train_slm"):
+        _previous(path, untrained, "fedcot")

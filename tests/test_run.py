@@ -37,7 +37,7 @@ def test_sections_parse_into_typed_settings() -> None:
     assert settings.client == config.train and settings.lora == config.lora
     assert build_config({}).fedcollm.kd_top_k is None  # left out: full-vocabulary KD
     assert set(RUNNERS) == set(typing.get_args(Baseline))
-    assert FederationConfig().baselines == BASELINES  # the paper's five unless named
+    assert FederationConfig().baselines == BASELINES  # the paper's five (+ server CE) unless named
     assert "fedcollm_dp_aux" not in BASELINES and config.fedcollm.aux_source == "public"
     dp = build_config({"fedcollm": {"aux_source": "dp_synthetic", "eps": 8, "delta": 1e-3,
                                     "per_label": 3, "label_field": "Topic"}})  # fmt: skip
@@ -163,12 +163,14 @@ def test_run_compares_all_five_baselines_and_no_public_fedcollm_end_to_end(
             assert (predictions / "llm.jsonl").is_file() or name == "fedavg"  # its LLM: zero-shot
     claims = {test["claim"]: test for test in entry["comparisons"]}
     assert "SLM fedcollm > fedavg" in claims and "LLM fedcollm >= centralized - 1 pt" in claims
+    assert "SLM fedcollm > fedavg_server_ce" in claims  # distillation, not D_a's labels
     for test in claims.values():
         assert test["n"] == 8 and 0.0 <= test["p_value"] <= 1.0 and isinstance(test["holds"], bool)
-    assert runs["fedavg"]["llm"] == runs["zero_shot"]["llm"]  # its LLM is never trained
+    for name in ("fedavg", "fedavg_server_ce"):
+        assert runs[name]["llm"] == runs["zero_shot"]["llm"]  # its LLM is never trained
     (point,) = runs["fedcollm"]["curve"]  # one round, scored once
     assert point["round"] == 1 and point["slm"] == runs["fedcollm"]["slm"]
-    for name in ("fedavg", "fedcollm"):
+    for name in ("fedavg", "fedavg_server_ce", "fedcollm"):
         (record,) = runs[name]["rounds"]
         assert len(record["bytes_down"]) == len(record["bytes_up"]) == 2
         assert runs[name]["total_bytes"] == sum(record["bytes_down"].values()) + sum(
@@ -176,6 +178,8 @@ def test_run_compares_all_five_baselines_and_no_public_fedcollm_end_to_end(
         )
     assert "distil_loss" in runs["fedcollm"]["rounds"][0]["metrics"]
     assert "distil_loss" not in runs["fedavg"]["rounds"][0]["metrics"]
+    server_ce = runs["fedavg_server_ce"]["rounds"][0]["metrics"]
+    assert server_ce["server_ce_steps"] == 2 and "distil_loss" not in server_ce  # kd_steps
 
     no_public = runs["fedcollm_dp_aux"]  # D_a: the clients' DP synthetic samples
     privacy = no_public["privacy"]
@@ -202,6 +206,7 @@ def test_run_compares_all_five_baselines_and_no_public_fedcollm_end_to_end(
         "fedcollm": ("llm", "slm"),
         "fedcollm_dp_aux": ("llm", "slm"),
         "fedavg": ("slm",),
+        "fedavg_server_ce": ("slm",),
         "centralized": ("llm", "slm"),
         "standalone": ("clients/0/slm", "clients/1/slm"),
         "zero_shot": (),
@@ -214,7 +219,8 @@ def test_run_compares_all_five_baselines_and_no_public_fedcollm_end_to_end(
             config = json.loads((folder / method / adapter / "adapter_config.json").read_text())
             assert config["peft_type"] == "LORA"
             assert (folder / method / adapter / "adapter_model.safetensors").is_file()
-    assert not (folder / "fedavg" / "llm").exists()  # FedAvg never trains the LLM
+    for name in ("fedavg", "fedavg_server_ce"):
+        assert not (folder / name / "llm").exists()  # FedAvg never trains the LLM
     table = capsys.readouterr().out
     assert all(name in table for name in BASELINES)
     assert "±" in table and "SLM fedcollm > fedavg" in table

@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from fedkt.algorithms.fdkt import FDKTSettings
-from fedkt.algorithms.fedcollm import Aggregation, AuxSource, DPAuxSettings, FedCoLLMSettings
+from fedkt.algorithms.fedcollm import (
+    Aggregation,
+    AuxSource,
+    DPAuxSettings,
+    FedCoLLMSettings,
+    KDSelection,
+)
 from fedkt.algorithms.fedcot import FedCoTSettings
 from fedkt.data.cot import RATIONALE_STOP
 from fedkt.data.curation import CurationSettings
@@ -46,12 +52,28 @@ from fedkt.training.dp_generator import DPSettings
 T = TypeVar("T")
 
 Baseline = Literal[
-    "zero_shot", "standalone", "fedavg", "centralized", "fedcollm", "fedcollm_dp_aux"
+    "zero_shot",
+    "standalone",
+    "fedavg",
+    "fedavg_server_ce",
+    "centralized",
+    "fedcollm",
+    "fedcollm_dp_aux",
 ]
-BASELINES: tuple[Baseline, ...] = ("zero_shot", "standalone", "fedavg", "centralized", "fedcollm")
-"""The five methods `fedkt run` compares by default, in the order the paper's tables list
-them; ``fedcollm_dp_aux`` (FedCoLLM without public data: its auxiliary set is the clients' DP
-synthetic samples) runs only when named."""
+BASELINES: tuple[Baseline, ...] = (
+    "zero_shot",
+    "standalone",
+    "fedavg",
+    "fedavg_server_ce",
+    "centralized",
+    "fedcollm",
+)
+"""The methods `fedkt run` compares by default: the paper's five in the order its tables list
+them, plus ``fedavg_server_ce`` (FedAvg whose server also fine-tunes the aggregated SLM adapter
+with plain cross-entropy on the public set D_a each round, no LLM): FedCoLLM's SLM sees D_a's
+labels too, so only "fedcollm > fedavg_server_ce" credits the distillation rather than the extra
+labelled rows. ``fedcollm_dp_aux`` (FedCoLLM without public data: its auxiliary set is the
+clients' DP synthetic samples) runs only when named."""
 
 _FEDCOLLM = FedCoLLMSettings()  # the defaults of [fedcollm] are the protocol's own
 _DP_AUX = _FEDCOLLM.dp_aux
@@ -85,6 +107,10 @@ class DataConfig:
         split: split to evaluate on; ``dev`` (in `fedkt run`) scores on the dev rows, for
             tuning learning rates, epsilon grids and other settings without touching
             validation, which stays for reporting.
+        splits: per-task evaluation splits over ``split``, e.g. ``{ arc_easy = "test" }``:
+            FedCoLLM's paper scores ARC and OpenBookQA on test but CommonsenseQA (whose test
+            split has no labels) on validation. Each key must be one of ``tasks``; a split
+            the task does not have is refused naming the key (before any model loads).
         limit: use only the first N rows of each split (0 = all).
         train_limit: use only the first N training rows (after the dev rows are taken out)
             when fine-tuning or federating (0 = all).
@@ -97,6 +123,7 @@ class DataConfig:
     dir: str = ""
     tasks: tuple[str, ...] = ("arc_easy",)
     split: str = "validation"
+    splits: dict[str, str] = field(default_factory=dict)
     limit: int = 0
     train_limit: int = 0
     dev_rows: int = 200
@@ -105,11 +132,28 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ConfigError("data.tasks is empty: name at least one task, e.g. ['arc_easy']")
+        for task, split in self.splits.items():
+            if task not in self.tasks:
+                raise ConfigError(
+                    f"data.splits.{task}: {task!r} is not one of data.tasks "
+                    f"({', '.join(self.tasks)}); name a task of the run or drop the key"
+                )
+            if not split.strip():
+                raise ConfigError(f"data.splits.{task} is empty: name a split, e.g. 'test'")
         if self.limit < 0 or self.train_limit < 0 or self.dev_rows < 0:
             raise ConfigError(
                 "data.limit, data.train_limit and data.dev_rows must be >= 0 (limits: 0 means "
                 "all rows)"
             )
+
+    def split_for(self, task: str) -> str:
+        """The split ``task`` is evaluated on: its ``splits`` entry, else ``split``."""
+        return self.splits.get(task, self.split)
+
+    @property
+    def evaluation_splits(self) -> dict[str, str]:
+        """Every task's evaluation split, for results files (one run may mix splits)."""
+        return {task: self.split_for(task) for task in self.tasks}
 
 
 @dataclass(frozen=True)
@@ -153,7 +197,11 @@ class FedCoLLMConfig:
 
     The clients' local training and both models' LoRA come from the top-level [train] and
     [lora] sections, so each setting has exactly one place in the file. ``kd_top_k`` left out
-    means distillation over the full vocabulary (exact).
+    means distillation over the full vocabulary (exact). The distillation budget is
+    ``kd_epochs`` passes over D_a per round (default 1, the paper's); ``kd_steps``, when set,
+    is a fixed step count that wins over it (quick runs). ``kd_selection = "min_ce"`` distils
+    each row only toward the model with the lower gold-answer CE on it (FedMKT; default
+    "none", the paper).
 
     Without public data (beyond the paper): ``aux_source = "dp_synthetic"`` makes the
     ``fedcollm`` method distil on the clients' DP synthetic samples instead of the public
@@ -177,8 +225,10 @@ class FedCoLLMConfig:
     kd_lambda: float = _FEDCOLLM.kd_lambda
     kd_temperature: float = _FEDCOLLM.kd_temperature
     kd_top_k: int | None = _FEDCOLLM.kd_top_k
-    kd_steps: int = _FEDCOLLM.kd_steps
+    kd_epochs: int = _FEDCOLLM.kd_epochs
+    kd_steps: int | None = _FEDCOLLM.kd_steps
     kd_batch_size: int = _FEDCOLLM.kd_batch_size
+    kd_selection: KDSelection = _FEDCOLLM.kd_selection
     aggregation: Aggregation = _FEDCOLLM.aggregation
     llm_lr: float = _FEDCOLLM.llm_lr
     slm_lr: float = _FEDCOLLM.slm_lr
@@ -208,8 +258,10 @@ class FedCoLLMConfig:
             kd_lambda=self.kd_lambda,
             kd_temperature=self.kd_temperature,
             kd_top_k=self.kd_top_k,
+            kd_epochs=self.kd_epochs,
             kd_steps=self.kd_steps,
             kd_batch_size=self.kd_batch_size,
+            kd_selection=self.kd_selection,
             aggregation=self.aggregation,
             llm_lr=self.llm_lr,
             slm_lr=self.slm_lr,
@@ -280,6 +332,7 @@ class FederationConfig:
 
 
 FedCoTBaseline = Literal["zero_shot", "standalone", "cot_upper_bound", "fedcot"]
+FedCoTStrategy = Literal["em", "aem", "krr", "custext", "metric", "paraphrase"]
 FEDCOT_BASELINES: tuple[FedCoTBaseline, ...] = typing.get_args(FedCoTBaseline)
 """What `fedkt run` compares for FedCoT: both models zero-shot, the SLM trained on labels only,
 non-private CoT distillation (the server sees raw questions: the upper bound), and FedCoT
@@ -334,16 +387,19 @@ class FedCoTConfig:
         measured_grids: each strategy sweeps its own measured grid
             (`fedkt.privacy.retention.MEASURED_GRIDS` for ``candidates``, ending in inf)
             instead of ``eps``; "paraphrase" has none and keeps ``eps``.
+        grids: eps to sweep per strategy, e.g. ``{ krr = [0, 8.7, 10, 12] }``, over
+            ``measured_grids`` and ``eps`` for the strategies it names (the knee points of a
+            mechanism read off `fedkt retention`; 0 is each mechanism's no-information end).
+        train_slm: false stops every point after step 4 (a utility sweep): the clients
+            recover and grade the rationales against their labels and write their privacy
+            report, but train and score no SLM. Cheap; choose eps with it, then train there.
         paraphrase_tokens: "paraphrase"'s tokens drawn per private field (its eps is per
             token: a field costs paraphrase_tokens x eps).
         paraphrase_logit_min, paraphrase_logit_max: "paraphrase"'s public logit clipping range.
     """
 
     decoder: str = "smollm2-135m"
-    strategies: tuple[Literal["em", "aem", "krr", "custext", "metric", "paraphrase"], ...] = (
-        "em",
-        "aem",
-    )
+    strategies: tuple[FedCoTStrategy, ...] = ("em", "aem")
     eps: tuple[float, ...] = (1.0, 3.0, 5.0, 10.0, float("inf"))
     baselines: tuple[FedCoTBaseline, ...] = FEDCOT_BASELINES
     alpha: float = 0.5
@@ -360,6 +416,8 @@ class FedCoTConfig:
     keep_consistent: bool = False
     chat_template: bool = True
     measured_grids: bool = False
+    grids: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    train_slm: bool = True
     paraphrase_tokens: int = 64
     paraphrase_logit_min: float = -10.0
     paraphrase_logit_max: float = 10.0
@@ -369,6 +427,14 @@ class FedCoTConfig:
             raise ConfigError("fedcot.strategies and fedcot.baselines need at least one entry")
         if any(e < 0 or e != e for e in self.eps):
             raise ConfigError(f"fedcot.eps = {list(self.eps)}: every budget must be >= 0")
+        for strategy, grid in self.grids.items():
+            if strategy not in typing.get_args(FedCoTStrategy):
+                known = ", ".join(typing.get_args(FedCoTStrategy))
+                raise ConfigError(f"fedcot.grids.{strategy}: unknown strategy; use one of {known}")
+            if not grid or any(e < 0 or e != e for e in grid):
+                raise ConfigError(
+                    f"fedcot.grids.{strategy} = {list(grid)}: give at least one eps, each >= 0"
+                )
         if self.rationale_tokens < 1 or self.recovery_tokens < 1:
             raise ConfigError("fedcot.rationale_tokens and recovery_tokens must be at least 1")
         self.settings(TrainSettings())  # the protocol's own range checks
@@ -498,6 +564,42 @@ class FDKTConfig:
 
 
 @dataclass(frozen=True)
+class DeploymentConfig:
+    """[deployment]: FedCoLLM across machines on Flower's deployment engine (`fedkt server`,
+    `fedkt client`; README "Run across machines"). Paths are relative to the working directory.
+
+    Args:
+        superlink: host:port of the SuperLink, as the SuperNodes and the server reach it; its
+            one port serves the Fleet, Control and Runtime APIs (Flower 1.41).
+        listen: the address `fedkt server` binds its SuperLink to ("": the host of
+            ``superlink``; "0.0.0.0" to accept other machines).
+        ca_cert: the CA certificate the clients trust (``fedkt certs`` writes ``ca.crt``).
+        server_cert, server_key: the SuperLink's TLS certificate and key.
+        node_auth: only SuperNodes whose public key is in ``node_keys`` may join.
+        node_keys: the SuperNodes' public keys (``client<k>.pub``), registered at start.
+        insecure: no TLS and no node authentication (a warning says so); only for trials.
+        timeout: seconds the server waits for the run (nodes joining, all rounds).
+    """
+
+    superlink: str = "127.0.0.1:9092"
+    listen: str = ""
+    ca_cert: str = "certs/ca.crt"
+    server_cert: str = "certs/server.crt"
+    server_key: str = "certs/server.key"
+    node_auth: bool = True
+    node_keys: tuple[str, ...] = ("certs/client0.pub", "certs/client1.pub")
+    insecure: bool = False
+    timeout: float = 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        host, _, port = self.superlink.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"deployment.superlink = {self.superlink!r}: expected host:port")
+        if self.timeout <= 0:
+            raise ConfigError(f"deployment.timeout = {self.timeout} must be > 0")
+
+
+@dataclass(frozen=True)
 class FedktConfig:
     """The whole run: one of these per TOML file.
 
@@ -520,6 +622,7 @@ class FedktConfig:
     fedcot: FedCoTConfig = field(default_factory=FedCoTConfig)
     fdkt: FDKTConfig = field(default_factory=FDKTConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
     tasks: dict[str, CustomTask] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -51,10 +51,10 @@ def task_examples(config: FedktConfig, task: str, split: str, limit: int) -> lis
 
 
 def eval_sets(config: FedktConfig, tasks: Sequence[str]) -> dict[str, list[Example]]:
-    """The evaluation rows of each task, read once and reused for every model and checkpoint."""
-    return {
-        task: task_examples(config, task, config.data.split, config.data.limit) for task in tasks
-    }
+    """The evaluation rows of each task (its own split: ``data.splits``, else ``data.split``),
+    read once and reused for every model and checkpoint."""
+    data = config.data
+    return {task: task_examples(config, task, data.split_for(task), data.limit) for task in tasks}
 
 
 def score(
@@ -80,7 +80,12 @@ def score(
 def run_eval(config: FedktConfig) -> dict[str, Any]:
     """Zero-shot evaluation of each model in ``eval.models`` on each task in ``data.tasks``."""
     sets = eval_sets(config, config.data.tasks)
-    results: dict[str, Any] = {"job": "eval", "split": config.data.split, "models": {}}
+    results: dict[str, Any] = {
+        "job": "eval",
+        "split": config.data.split,
+        "splits": config.data.evaluation_splits,
+        "models": {},
+    }
     for name in config.eval.models or (config.model.name,):
         model, tokenizer = load_for(config, name)
         results["models"][name] = {
@@ -102,6 +107,7 @@ def run_finetune(config: FedktConfig) -> dict[str, Any]:
         "model": config.model.name,
         "method": config.finetune.method,
         "split": config.data.split,
+        "splits": config.data.evaluation_splits,
         "tasks": {},
     }
     for task, examples in eval_sets(config, config.data.tasks).items():

@@ -30,7 +30,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from fedkt.config import FedktConfig
 from fedkt.data import resolve_data_dir
 from fedkt.data.sources import check_local_split, split_slice
-from fedkt.errors import ConfigError, ModelError, TokenizerMismatchError
+from fedkt.data.tasks import TaskSpec
+from fedkt.errors import ConfigError, DataError, ModelError, TokenizerMismatchError
 from fedkt.models import (
     EMBEDDED_MODELS,
     check_same_vocabulary,
@@ -48,7 +49,6 @@ DEV_SPLIT = "dev"
 def check_run(config: FedktConfig) -> None:
     """Everything `fedkt run` needs, for the config's algorithm."""
     federation = config.federation
-    splits = ["train"] + ([] if config.data.split == DEV_SPLIT else [config.data.split])
     models = [federation.llm, federation.slm]
     if config.algorithm == "fedcot":
         models.append(config.fedcot.decoder)
@@ -61,7 +61,7 @@ def check_run(config: FedktConfig) -> None:
     distils = {"fedcollm", "fedcollm_dp_aux"} & set(federation.baselines)
     if config.algorithm == "fedcollm" and config.fedcollm.generator and distils:
         models.append(config.fedcollm.generator)
-    _check(config, splits, models)
+    _check(config, ["train"], models, carves_dev=True)
     if config.algorithm == "fedcollm" and distils:
         check_shared_vocabulary(
             federation.llm, federation.slm, resolve_cache_dir(config.cache_dir or None)
@@ -70,16 +70,18 @@ def check_run(config: FedktConfig) -> None:
 
 def check_eval(config: FedktConfig) -> None:
     """Everything `fedkt eval` needs: its tasks' evaluation split, every model, the output."""
-    _check(config, [config.data.split], config.eval.models or (config.model.name,))
+    _check(config, [], config.eval.models or (config.model.name,))
 
 
 def check_finetune(config: FedktConfig) -> None:
     """Everything `fedkt finetune` needs: train and evaluation splits, the model, the output."""
-    _check(config, [config.data.split, "train"], [config.model.name])
+    _check(config, ["train"], [config.model.name])
 
 
-def _check(config: FedktConfig, splits: Sequence[str], models: Iterable[str]) -> None:
-    check_tasks(config, splits)
+def _check(
+    config: FedktConfig, splits: Sequence[str], models: Iterable[str], *, carves_dev: bool = False
+) -> None:
+    check_tasks(config, splits, carves_dev=carves_dev)
     cache_dir = resolve_cache_dir(config.cache_dir or None)
     for name in dict.fromkeys(models):
         check_model(name, cache_dir)
@@ -89,19 +91,41 @@ def _check(config: FedktConfig, splits: Sequence[str], models: Iterable[str]) ->
 # ---- tasks and their data ------------------------------------------------------------------
 
 
-def check_tasks(config: FedktConfig, splits: Sequence[str]) -> None:
-    """Each task of ``data.tasks`` is known and has rows in each of `splits`."""
-    root = resolve_data_dir(config.data.dir or None)
+def check_tasks(config: FedktConfig, splits: Sequence[str], *, carves_dev: bool = False) -> None:
+    """Each task of ``data.tasks`` is known and has rows in each of `splits` and in its own
+    evaluation split (``data.splits``, else ``data.split``; ``dev`` is no file when the
+    command carves it from train: ``carves_dev``). A split named in ``data.splits`` that the
+    task lacks is a config error naming that key."""
     for task in config.data.tasks:
         spec = config.task_spec(task)  # an unknown name lists the known ones
         for split in dict.fromkeys(split_slice(split)[0] for split in splits):
-            custom = config.tasks.get(task)
-            if custom is not None:
-                if not custom.hub:  # the user's own files: missing, empty, too few rows
-                    assert spec.rows is not None
-                    spec.rows(split)
-            elif root is not None:
-                check_local_split(spec, split, root, explicit=bool(config.data.dir))
+            _check_split(config, task, spec, split)
+        evaluation = config.data.split_for(task)
+        if carves_dev and evaluation == DEV_SPLIT:
+            continue
+        try:
+            _check_split(config, task, spec, split_slice(evaluation)[0])
+        except DataError as err:
+            if task not in config.data.splits:
+                raise
+            raise ConfigError(
+                f"data.splits.{task} = {evaluation!r}: task {task} cannot be evaluated on "
+                f"that split ({err})"
+            ) from err
+
+
+def _check_split(config: FedktConfig, task: str, spec: TaskSpec, split: str) -> None:
+    """``split`` (a plain split name) of ``task`` exists and holds rows, where that can be
+    told without the hub."""
+    custom = config.tasks.get(task)
+    if custom is not None:
+        if not custom.hub:  # the user's own files: missing, empty, too few rows
+            assert spec.rows is not None
+            spec.rows(split)
+        return
+    root = resolve_data_dir(config.data.dir or None)
+    if root is not None:
+        check_local_split(spec, split, root, explicit=bool(config.data.dir))
 
 
 # ---- models --------------------------------------------------------------------------------

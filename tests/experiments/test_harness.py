@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from fedkt import preflight
 from fedkt.config import FedktConfig, build_config
 from fedkt.data import Example
-from fedkt.experiments.harness import Claim, Scoreboard, TaskData
+from fedkt.errors import ConfigError
+from fedkt.experiments.harness import Claim, Scoreboard, TaskData, _rows_text, write_run_json
 
 
 def _config(tmp_path: Path, data_dir: Path, **data: object) -> FedktConfig:
@@ -86,3 +88,74 @@ def test_scoreboard_means_over_clients_and_tests_claims(tmp_path: Path) -> None:
     assert same["diff"] == 0.0 and same["holds"] is True
     with pytest.raises(ValueError, match="order"):
         board.add("bad", "slm", list(reversed(_rows([1, 0, 0, 0]))))
+
+
+def _arc_dir(tmp_path: Path, shared: Path) -> Path:
+    """A data directory whose ARC-Easy has a test split (rows of validation, new ids) and whose
+    ARC-Challenge has only train and validation, as the shared copy."""
+    root = tmp_path / "data"
+    for config, splits in (("ARC-Easy", ("train", "validation")), ("ARC-Challenge", ("train",))):
+        folder = root / "allenai__ai2_arc" / config
+        folder.mkdir(parents=True)
+        for split in (*splits, "validation"):
+            lines = (shared / "allenai__ai2_arc" / config / f"{split}.jsonl").read_text()
+            (folder / f"{split}.jsonl").write_text("\n".join(lines.splitlines()[:60]) + "\n")
+    easy = root / "allenai__ai2_arc" / "ARC-Easy"
+    rows = [json.loads(line) for line in (easy / "validation.jsonl").read_text().splitlines()]
+    test = [{**row, "id": f"test-{row['id']}"} for row in rows[:6]]
+    (easy / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in test))
+    return root
+
+
+def test_each_task_is_scored_on_its_own_split(tmp_path: Path, shared_data_dir: Path) -> None:
+    """``data.splits`` overrides ``data.split`` per task, in the rows, run.json and the
+    progress line; other tasks keep ``data.split``."""
+    data_dir = _arc_dir(tmp_path, shared_data_dir)
+    config = build_config(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "data": {"dir": str(data_dir), "tasks": ["arc_easy", "arc_challenge"],
+                     "splits": {"arc_easy": "test"}, "dev_rows": 5, "limit": 4},
+            "federation": {"clients": 2},
+        }
+    )  # fmt: skip
+    assert config.data.evaluation_splits == {"arc_easy": "test", "arc_challenge": "validation"}
+    easy = TaskData.load(config, "arc_easy")
+    assert easy.split == "test" and len(easy.evaluation) == 4
+    assert all(example.id.startswith("test-") for example in easy.evaluation)
+    challenge = TaskData.load(config, "arc_challenge")
+    assert challenge.split == "validation"
+    assert not any(example.id.startswith("test-") for example in challenge.evaluation)
+    assert "scored on 4 test rows" in _rows_text(easy)
+    run = json.loads(write_run_json(config, "fedcollm", easy, "zero_shot", {}).read_text())
+    assert run["data"]["split"] == "test"
+
+
+@pytest.mark.parametrize(
+    ("splits", "match"),
+    [
+        ({"openbookqa": "test"}, r"data\.splits\.openbookqa: 'openbookqa' is not one of"),
+        ({"arc_easy": ""}, r"data\.splits\.arc_easy is empty"),
+    ],
+)
+def test_a_split_for_a_task_the_run_lacks_is_refused(splits: dict[str, str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_config({"data": {"tasks": ["arc_easy"], "splits": splits}})
+
+
+def test_a_split_the_task_lacks_names_the_key(tmp_path: Path, shared_data_dir: Path) -> None:
+    """Before any model loads (preflight) and when the rows are read: one ConfigError."""
+    config = build_config(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "data": {"dir": str(_arc_dir(tmp_path, shared_data_dir)),
+                     "tasks": ["arc_easy", "arc_challenge"],
+                     "splits": {"arc_easy": "test", "arc_challenge": "test"}, "dev_rows": 5},
+        }
+    )  # fmt: skip
+    key = r"data\.splits\.arc_challenge = 'test': task arc_challenge cannot be evaluated"
+    with pytest.raises(ConfigError, match=key):
+        preflight.check_tasks(config, ["train"], carves_dev=True)
+    with pytest.raises(ConfigError, match=key):
+        TaskData.load(config, "arc_challenge")
+    assert TaskData.load(config, "arc_easy").split == "test"

@@ -10,6 +10,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from conftest import build_tiny_llama
 from fedkt.data import Example
 from fedkt.errors import ConfigError, DataError, ModelError
 from fedkt.training import (
@@ -17,6 +18,7 @@ from fedkt.training import (
     answer_cross_entropy,
     collate,
     encode_answer_only,
+    grad_scaler,
     train_answer_only,
 )
 from fedkt.training.loop import _epoch_batches
@@ -175,3 +177,36 @@ def test_settings_out_of_range(bad: dict[str, object]) -> None:
     (name,) = bad
     with pytest.raises(ConfigError, match=name):
         TrainSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_an_fp16_model_trains_its_fp32_adapter_with_loss_scaling(
+    tiny_llama: LlamaForCausalLM,
+    tiny_tokenizer: PreTrainedTokenizerFast,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fp16 (`pick_dtype` on a GPU without bf16) needs a loss scaler, or small gradients
+    underflow to 0; bf16 and fp32 models train unscaled, as before."""
+    plain = build_tiny_llama(len(tiny_tokenizer))
+    assert not grad_scaler(plain).is_enabled()  # fp32
+    assert not grad_scaler(plain.to(torch.bfloat16)).is_enabled()  # bf16 has fp32's range
+    assert not grad_scaler(plain.to(torch.float16)).is_enabled()  # fp16 weights: unscalable
+    model = get_peft_model(
+        tiny_llama.to(torch.float16), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert grad_scaler(model).is_enabled()
+    scaled: list[float] = []
+    scale = torch.amp.GradScaler.scale
+
+    def spy(self: torch.amp.GradScaler, outputs: torch.Tensor) -> torch.Tensor:
+        scaled.append(self.get_scale() if self.is_enabled() else 1.0)
+        return scale(self, outputs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "scale", spy)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    settings = TrainSettings(lr=1e-2, max_length=64, max_steps=2)
+    report = train_answer_only(model, tiny_tokenizer, EXAMPLES, settings, progress=False)
+    assert report.steps == 2 and all(torch.isfinite(torch.tensor(report.losses)))
+    assert len(scaled) == 2 and all(s > 1.0 for s in scaled)  # every backward was scaled
+    after = dict(model.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)

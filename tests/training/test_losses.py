@@ -9,7 +9,15 @@ import torch
 from transformers import LlamaForCausalLM
 
 from fedkt.errors import TokenizerMismatchError
-from fedkt.training import IGNORE_INDEX, answer_cross_entropy, answer_positions, kd_loss
+from fedkt.training import (
+    IGNORE_INDEX,
+    answer_cross_entropy,
+    answer_positions,
+    kd_loss,
+    min_ce_rows,
+    selective_kd_loss,
+    sequence_cross_entropy,
+)
 
 X = IGNORE_INDEX
 
@@ -132,3 +140,86 @@ def test_kd_rejects_bad_arguments(kwargs: dict[str, float], match: str) -> None:
     logits = torch.zeros(1, 2, 3)
     with pytest.raises(ValueError, match=match):
         kd_loss(logits, logits, torch.ones(1, 2, dtype=torch.bool), **kwargs)  # type: ignore[arg-type]
+
+
+# ---- selective (min-CE) distillation ----
+
+# Two rows over a 3-token vocabulary; row 0 learns 2 answer tokens, row 1 one.
+SEL_LABELS = torch.tensor([[X, 2, 0], [X, X, 1]])
+GOOD = torch.tensor(  # puts most mass on every gold token
+    [[[0.0, 0.0, 4.0], [4.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+     [[0.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 0.0]]]
+)  # fmt: skip
+BAD = torch.tensor(  # puts most mass on a wrong token
+    [[[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 0.0]],
+     [[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]
+)  # fmt: skip
+
+
+def test_sequence_cross_entropy_by_hand() -> None:
+    ce = sequence_cross_entropy(BAD, SEL_LABELS)
+    row0 = -(log_softmax([4.0, 0.0, 0.0])[2] + log_softmax([0.0, 4.0, 0.0])[0]) / 2
+    row1 = -log_softmax([4.0, 0.0, 0.0])[1]
+    assert ce.shape == (2,) and ce.dtype == torch.float32
+    assert ce.tolist() == pytest.approx([row0, row1], rel=1e-6)
+    # its token-weighted mean is the batch CE
+    tokens = torch.tensor([2.0, 1.0])
+    assert (ce * tokens).sum().item() / 3 == pytest.approx(
+        answer_cross_entropy(BAD, SEL_LABELS).item()
+    )
+
+
+def test_min_ce_rows_pick_the_side_with_the_lower_ce() -> None:
+    mixed = torch.stack([GOOD[0], BAD[1]])  # better than BAD on row 0, worse than GOOD on row 1
+    ce_mixed = sequence_cross_entropy(mixed, SEL_LABELS)
+    ce_good, ce_bad = (
+        sequence_cross_entropy(GOOD, SEL_LABELS),
+        sequence_cross_entropy(BAD, SEL_LABELS),
+    )
+    assert min_ce_rows(ce_bad, ce_good).tolist() == [True, True]  # BAD learns from GOOD
+    assert min_ce_rows(ce_good, ce_bad).tolist() == [False, False]  # GOOD is never pulled down
+    # a tie selects nothing: row 0 of mixed vs GOOD, row 1 of BAD vs mixed
+    assert min_ce_rows(ce_mixed, ce_good).tolist() == [False, True]
+    assert min_ce_rows(ce_bad, ce_mixed).tolist() == [True, False]
+    with pytest.raises(ValueError, match=r"\(B,\)"):
+        min_ce_rows(ce_good, ce_good[:1])
+
+
+def test_selective_kd_with_every_row_is_kd_loss() -> None:
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    mask = answer_positions(SEL_LABELS)
+    every = torch.ones(2, dtype=torch.bool)
+    for top_k in (None, 2):
+        full = kd_loss(student, teacher, mask, temperature=2.0, top_k=top_k)
+        picked = selective_kd_loss(student, teacher, mask, every, temperature=2.0, top_k=top_k)
+        assert torch.equal(picked, full)  # "none" distils exactly as before
+
+
+def test_selective_kd_keeps_the_per_token_weight() -> None:
+    torch.manual_seed(1)
+    student, teacher = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    mask = answer_positions(SEL_LABELS)  # 2 positions in row 0, 1 in row 1
+    row0 = torch.tensor([True, False])
+    only_row0 = mask & row0[:, None]
+    expected = kd_loss(student, teacher, only_row0).item() * 2 / 3
+    assert selective_kd_loss(student, teacher, mask, row0).item() == pytest.approx(expected)
+
+
+def test_min_ce_gives_no_kd_gradient_where_the_teacher_is_worse_on_every_row() -> None:
+    student = GOOD.clone().requires_grad_(True)
+    teacher = BAD
+    rows = min_ce_rows(sequence_cross_entropy(student.detach(), SEL_LABELS),
+                       sequence_cross_entropy(teacher, SEL_LABELS))  # fmt: skip
+    mask = answer_positions(SEL_LABELS)
+    kd = selective_kd_loss(student, teacher, mask, rows)
+    assert not rows.any() and kd.item() == 0.0
+    (answer_cross_entropy(student, SEL_LABELS) + kd).backward()
+    with_kd = student.grad.clone()
+    student.grad = None
+    answer_cross_entropy(student, SEL_LABELS).backward()
+    assert torch.equal(with_kd, student.grad)  # the KD term added nothing
+    # the same pair without selection would pull the better student toward the worse teacher
+    pulled = GOOD.clone().requires_grad_(True)
+    kd_loss(pulled, teacher, mask).backward()
+    assert pulled.grad.abs().sum() > 0

@@ -18,10 +18,14 @@ One round t:
   1. broadcast        theta_k <- theta                                  (server -> clients)
   2. client update    theta_k <- train E epochs on D_k, CE on answers;  send (theta_k, n_k)
   3. aggregate        theta = sum_k w_k theta_k,  w_k = 1/K (uniform) or n_k / sum_j n_j
-  4. distil on D_a    R steps of, on answer tokens only, with T the temperature,
+  4. distil on D_a    kd_epochs passes over D_a (the paper's reference code: one; kd_steps
+                      overrides with a fixed count R), on answer tokens only, with T the
+                      temperature,
                         L = [CE(f) + lambda KL(g || f)] + [CE(g) + lambda KL(f || g)]
-                      where in each KL the *other* model is the detached target; omega and
-                      theta are updated together (one AdamW each).
+                      where in each KL the *other* model is the detached target (computed
+                      without dropout); omega and theta are updated together (one AdamW each).
+                      Beyond the paper, kd_selection = "min_ce" keeps a KL term only on the
+                      rows where its teacher has the lower CE on the gold answer (FedMKT).
   5. theta (distilled) is what the clients receive next round; omega never leaves the server.
 
 Only LoRA tensors and example counts cross the client/server boundary (and, in step 0, DP
@@ -29,6 +33,10 @@ synthetic texts with their labels). This module is the protocol as plain functio
 Flower adapter only moves their inputs and outputs); it avoids the reference code's bugs:
 the KD target is the teacher's probabilities, each student keeps its gradient, the answer mask
 is the CE mask, and the distilled theta is what goes out.
+
+Models of one family may pad their output heads differently (Qwen2/2.5: 151,936 rows up to 3B,
+152,064 above, one tokenizer of 151,665 tokens): KD and CE read the first len(tokenizer) rows
+of both heads, the padded rows being no token's.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup, set_seed
+from transformers import PreTrainedTokenizerBase, set_seed
 
 from fedkt.data import Example
 from fedkt.data.formats import LabelFormat
@@ -67,7 +75,10 @@ from fedkt.training import (
     collate,
     derive_seed,
     encode_answer_only,
-    kd_loss,
+    grad_scaler,
+    min_ce_rows,
+    selective_kd_loss,
+    sequence_cross_entropy,
     train_answer_only,
 )
 from fedkt.training.dp_generator import DPSettings
@@ -76,6 +87,7 @@ from fedkt.training.dp_synthesis import DPSynthesis, dp_synthesize
 Adapter = dict[str, torch.Tensor]
 Aggregation = Literal["uniform", "weighted"]
 AuxSource = Literal["public", "dp_synthetic"]
+KDSelection = Literal["none", "min_ce"]
 _Side = tuple[nn.Module, torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]
 
 
@@ -114,8 +126,15 @@ class FedCoLLMSettings:
         kd_lambda: weight lambda of each KL term in the distillation loss.
         kd_temperature: softmax temperature T of the KL terms (loss scaled by T^2).
         kd_top_k: distil over the teacher's k most likely tokens; None = full vocabulary (exact).
-        kd_steps: server distillation steps R per round (one public batch each).
+        kd_epochs: passes over D_a per round (paper and reference code: 1), so the distillation
+            budget follows the size of D_a.
+        kd_steps: a fixed number R of distillation steps per round instead (one public batch
+            each, reshuffling at every pass); when set it wins over kd_epochs (quick runs).
         kd_batch_size: public sequences per distillation step.
+        kd_selection: "none" (the paper: each model distils from the other on every row) or
+            "min_ce" (FedMKT, arXiv 2406.17706: per public row, a model distils from the other
+            only where the other has the lower CE on the gold answer, so the model that is
+            better on a row is not pulled toward the worse one there).
         aggregation: "uniform" (the paper, w_k = 1/K) or "weighted" (w_k = n_k / sum n).
         llm_lr: peak lr of the LLM adapter during distillation.
         slm_lr: peak lr of the SLM adapter during distillation.
@@ -134,8 +153,10 @@ class FedCoLLMSettings:
     kd_lambda: float = 1.0
     kd_temperature: float = 1.0
     kd_top_k: int | None = None
-    kd_steps: int = 20
+    kd_epochs: int = 1
+    kd_steps: int | None = None
     kd_batch_size: int = 4
+    kd_selection: KDSelection = "none"
     aggregation: Aggregation = "uniform"
     llm_lr: float = 3e-5
     slm_lr: float = 3e-4
@@ -152,8 +173,10 @@ class FedCoLLMSettings:
             "kd_lambda": self.kd_lambda >= 0,
             "kd_temperature": self.kd_temperature > 0,
             "kd_top_k": self.kd_top_k is None or self.kd_top_k >= 1,
-            "kd_steps": self.kd_steps >= 1,
+            "kd_epochs": self.kd_epochs >= 1,
+            "kd_steps": self.kd_steps is None or self.kd_steps >= 1,
             "kd_batch_size": self.kd_batch_size >= 1,
+            "kd_selection": self.kd_selection in ("none", "min_ce"),
             "aggregation": self.aggregation in ("uniform", "weighted"),
             "aux_source": self.aux_source in ("public", "dp_synthetic"),
             "llm_lr": self.llm_lr > 0,
@@ -163,10 +186,10 @@ class FedCoLLMSettings:
         if bad:
             values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
             raise ConfigError(
-                f"FedCoLLMSettings: out of range: {values}. Need rounds, kd_steps, "
-                "kd_batch_size >= 1; kd_lambda >= 0; kd_temperature, llm_lr, slm_lr > 0; "
-                "kd_top_k None or >= 1; aggregation 'uniform' or 'weighted'; aux_source "
-                "'public' or 'dp_synthetic'."
+                f"FedCoLLMSettings: out of range: {values}. Need rounds, kd_epochs, "
+                "kd_batch_size >= 1; kd_steps, kd_top_k None or >= 1; kd_lambda >= 0; "
+                "kd_temperature, llm_lr, slm_lr > 0; aggregation 'uniform' or 'weighted'; "
+                "aux_source 'public' or 'dp_synthetic'; kd_selection 'none' or 'min_ce'."
             )
 
 
@@ -210,30 +233,45 @@ def check_pair(
 ) -> None:
     """Refuse an LLM/SLM pair whose KD would compare different token ids.
 
-    Equal tokenizers are not enough: the models' output layers must also be the same size
-    (a resized embedding or padded head would misalign the softmaxes).
+    The tokenizers must be identical (one id per string, the same special ids). The output
+    heads may differ in size when padded past the tokenizer (Qwen2.5 0.5B and 7B: 151,936 and
+    152,064 rows, one tokenizer): KD compares the first len(tokenizer) rows only.
     """
     check_same_vocabulary(llm_tokenizer, slm_tokenizer, names=("LLM", "SLM"))
     _check_output_vocab(llm, slm, llm_tokenizer)
 
 
-def _check_output_vocab(llm: nn.Module, slm: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
-    llm_vocab, slm_vocab = _output_vocab(llm), _output_vocab(slm)
-    if llm_vocab != slm_vocab:
+def _check_output_vocab(llm: nn.Module, slm: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The logit rows KD compares, len(tokenizer); refuse a head too small for the tokenizer.
+
+    Rows past len(tokenizer) are padding (for tensor-core-friendly sizes) that no token maps
+    to, so dropping them loses nothing; a head with fewer rows than the tokenizer cannot score
+    every token and means the model is not the tokenizer's.
+    """
+    vocab = len(tokenizer)
+    short = [
+        f"the {role} ({_model_name(model)}) predicts only {_output_vocab(model)}"
+        for role, model in (("LLM", llm), ("SLM", slm))
+        if _output_vocab(model) < vocab
+    ]
+    if short:
         raise TokenizerMismatchError(
-            f"the LLM predicts {llm_vocab} tokens but the SLM {slm_vocab}: FedCoLLM's KD needs "
-            "one output vocabulary; pick an SLM of the LLM's family (e.g. a cut student)."
+            f"the tokenizer ({tokenizer.name_or_path or 'unnamed'}) has {vocab} tokens but "
+            f"{' and '.join(short)}: the models and the tokenizer do not belong together. Pick "
+            "an LLM and an SLM of one family with that tokenizer, or resize a model's "
+            "embeddings to it (model.resize_token_embeddings(len(tokenizer)))."
         )
-    if len(tokenizer) > llm_vocab:
-        raise TokenizerMismatchError(
-            f"the tokenizer has {len(tokenizer)} tokens but the models predict only {llm_vocab}; "
-            "resize both models' embeddings (model.resize_token_embeddings) to the tokenizer."
-        )
+    return vocab
 
 
 def _output_vocab(model: nn.Module) -> int:
     head = model.get_output_embeddings()  # type: ignore[operator]  # PeftModel forwards it
     return int(head.weight.shape[0])
+
+
+def _model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "name_or_path", "") or "unnamed")
 
 
 # -- client ----------------------------------------------------------------------------------
@@ -371,78 +409,164 @@ def mutual_distillation(
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Step 4: `settings.kd_steps` steps of mutual distillation on the public answers.
+    """Step 4: `distil_steps` steps of mutual distillation on the public answers.
 
     Per step both models see the same batch and the loss
         L = [CE(f) + lambda KL(g || f)] + [CE(g) + lambda KL(f || g)]
     is minimised by two AdamW optimisers (LLM adapter at llm_lr, SLM adapter at slm_lr; warmup
-    + cosine; each model's gradient clipped on its own). `kd_loss` detaches its teacher, so each
-    KL term trains only its student and the sum's gradient splits cleanly between the models.
-    Both models must sit on one device. Returns the mean of each term over the steps.
+    + cosine over the round's steps; each model's gradient clipped on its own). Each KL target
+    is the other model's detached, dropout-free logits, so each KL term trains only its student
+    and the sum's gradient splits cleanly between the models. Both models must sit on one
+    device. Returns the mean of each term over the steps, the mean share of rows each direction
+    distilled ("llm_kd_share": rows where the SLM taught the LLM; 1 with kd_selection "none"),
+    the step count and the seconds.
     """
     if not public_examples:
         raise DataError("mutual_distillation got no public examples; FedCoLLM needs D_a.")
-    _check_output_vocab(llm, slm, tokenizer)
+    vocab = _check_output_vocab(llm, slm, tokenizer)
+    steps = distil_steps(len(public_examples), settings)
     set_seed(seed)
     sides: list[_Side] = [
-        (llm, *_optimiser(llm, settings.llm_lr, settings)),
-        (slm, *_optimiser(slm, settings.slm_lr, settings)),
+        (llm, *_optimiser(llm, settings.llm_lr, settings, steps)),
+        (slm, *_optimiser(slm, settings.slm_lr, settings, steps)),
     ]
+    scaler = grad_scaler(llm, slm)  # a no-op unless a model computes in fp16
     device = next(llm.parameters()).device
-    totals = dict.fromkeys(("llm_ce", "llm_kd", "slm_ce", "slm_kd", "loss"), 0.0)
+    names = ("llm_ce", "llm_kd", "slm_ce", "slm_kd", "llm_kd_share", "slm_kd_share", "loss")
+    totals = dict.fromkeys(names, 0.0)
     start = time.perf_counter()
     llm.train()
     slm.train()
     try:
-        batches = _public_batches(tokenizer, public_examples, settings, seed)
-        for batch in tqdm(batches, total=settings.kd_steps, desc="distil", disable=not progress):
-            terms = _distil_step(sides, {k: v.to(device) for k, v in batch.items()}, settings)
+        batches = _public_batches(tokenizer, public_examples, settings, seed, steps)
+        for batch in tqdm(batches, total=steps, desc="distil", disable=not progress):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            terms = _distil_step(sides, batch, settings, vocab, scaler)
             for name, value in terms.items():
-                totals[name] += value / settings.kd_steps
+                totals[name] += value / steps
     finally:
         llm.eval()
         slm.eval()
-    return {**totals, "seconds": time.perf_counter() - start}
+    return {**totals, "steps": float(steps), "seconds": time.perf_counter() - start}
+
+
+def distil_steps(n_public: int, settings: FedCoLLMSettings) -> int:
+    """Distillation steps of one round: ``kd_steps`` if set, else ``kd_epochs`` passes over
+    the ``n_public`` rows of D_a in batches of ``kd_batch_size`` (the last one partial)."""
+    if settings.kd_steps is not None:
+        return settings.kd_steps
+    return settings.kd_epochs * math.ceil(n_public / settings.kd_batch_size)
 
 
 def _distil_step(
-    sides: list[_Side], batch: dict[str, torch.Tensor], settings: FedCoLLMSettings
+    sides: list[_Side],
+    batch: dict[str, torch.Tensor],
+    settings: FedCoLLMSettings,
+    vocab: int,
+    scaler: torch.amp.GradScaler,
 ) -> dict[str, float]:
     """One joint step: a single backward of L fills both adapters' gradients, then each side
-    clips its own gradient and steps its own optimiser."""
+    clips its own (unscaled) gradient and steps its own optimiser."""
     (llm, *_), (slm, *_) = sides
     for _, optimiser, _ in sides:
         optimiser.zero_grad(set_to_none=True)
-    terms = _mutual_loss(llm, slm, batch, settings)
-    terms["loss"].backward()
+    terms = _mutual_loss(llm, slm, batch, settings, vocab)
+    scaler.scale(terms["loss"]).backward()
     for model, optimiser, scheduler in sides:
+        scaler.unscale_(optimiser)
         trainable = [p for p in model.parameters() if p.requires_grad]
         nn.utils.clip_grad_norm_(trainable, settings.client.max_grad_norm)
-        optimiser.step()
+        scaler.step(optimiser)
         scheduler.step()
+    scaler.update()
     return {name: value.item() for name, value in terms.items()}
 
 
 def _mutual_loss(
-    llm: nn.Module, slm: nn.Module, batch: dict[str, torch.Tensor], settings: FedCoLLMSettings
+    llm: nn.Module,
+    slm: nn.Module,
+    batch: dict[str, torch.Tensor],
+    settings: FedCoLLMSettings,
+    vocab: int,
 ) -> dict[str, torch.Tensor]:
-    """The four terms of L on one batch, and their lambda-weighted sum under "loss"."""
+    """The four terms of L on one batch, their lambda-weighted sum under "loss", and the share
+    of rows each KL term distilled ("llm_kd_share", "slm_kd_share").
+
+    Logits are cut to the tokenizer's ``vocab`` rows (a padded head's extra rows are no token's).
+    """
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    llm_logits = llm(**inputs, use_cache=False).logits  # (B, L, V)
-    slm_logits = slm(**inputs, use_cache=False).logits  # (B, L, V)
+    llm_logits = llm(**inputs, use_cache=False).logits[..., :vocab]  # (B, L, V)
+    slm_logits = slm(**inputs, use_cache=False).logits[..., :vocab]  # (B, L, V)
+    llm_target = _target_logits(llm, inputs, llm_logits, vocab)
+    slm_target = _target_logits(slm, inputs, slm_logits, vocab)
     labels, mask = batch["labels"], answer_positions(batch["labels"])
-    kd = partial(kd_loss, temperature=settings.kd_temperature, top_k=settings.kd_top_k)
+    llm_rows, slm_rows = _kd_rows(llm_target, slm_target, labels, settings.kd_selection)
+    kd = partial(selective_kd_loss, temperature=settings.kd_temperature, top_k=settings.kd_top_k)
     terms = {
         "llm_ce": answer_cross_entropy(llm_logits, labels),
-        "llm_kd": kd(llm_logits, slm_logits, mask),  # KL(g || f): the SLM teaches
+        "llm_kd": kd(llm_logits, slm_target, mask, llm_rows),  # KL(g || f): the SLM teaches
         "slm_ce": answer_cross_entropy(slm_logits, labels),
-        "slm_kd": kd(slm_logits, llm_logits, mask),  # KL(f || g): the LLM teaches
+        "slm_kd": kd(slm_logits, llm_target, mask, slm_rows),  # KL(f || g): the LLM teaches
     }
     lam = settings.kd_lambda
     terms["loss"] = (
         terms["llm_ce"] + lam * terms["llm_kd"] + terms["slm_ce"] + lam * terms["slm_kd"]
     )
+    terms["llm_kd_share"] = llm_rows.float().mean()
+    terms["slm_kd_share"] = slm_rows.float().mean()
     return terms
+
+
+def _kd_rows(
+    llm_target: torch.Tensor, slm_target: torch.Tensor, labels: torch.Tensor, how: KDSelection
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) bool each: the rows the LLM distils on (from the SLM) and the rows the SLM does.
+
+    "none" keeps every row. "min_ce" ranks the two models per row by their gold-answer CE,
+    read off the dropout-free targets: a model distils only where the other is strictly better.
+    """
+    every = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+    if how == "none":
+        return every, every
+    llm_ce = sequence_cross_entropy(llm_target, labels)
+    slm_ce = sequence_cross_entropy(slm_target, labels)
+    return min_ce_rows(llm_ce, slm_ce), min_ce_rows(slm_ce, llm_ce)
+
+
+def _target_logits(
+    model: nn.Module, inputs: dict[str, torch.Tensor], logits: torch.Tensor, vocab: int
+) -> torch.Tensor:
+    """``model``'s detached logits as a KD target (and for min-CE ranking), without dropout.
+
+    In mutual distillation each model is the other's teacher while it trains, so its training
+    forward runs with dropout; a target taken from that pass would be one random dropout mask's
+    noisy view. Without any active dropout the training logits already are the eval-mode
+    logits, so they are reused (free); otherwise (LoRA dropout 0.05 in the paper) one extra
+    no-grad forward in eval mode gives the target, about a third of a training step's cost.
+    """
+    if not _has_dropout(model):
+        return logits.detach()
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(**inputs, use_cache=False).logits[..., :vocab]
+    finally:
+        model.train()
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    """Whether a train-mode forward of ``model`` is random: a dropout layer with p > 0 (LoRA's,
+    GPT-2's), or a config dropout probability > 0 (Llama's and Qwen2's attention dropout is
+    applied functionally, with no layer to see)."""
+    layers = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+    if any(isinstance(m, layers) and m.p > 0 for m in model.modules()):
+        return True
+    to_dict = getattr(getattr(model, "config", None), "to_dict", None)
+    values = to_dict().items() if callable(to_dict) else ()
+    return any(
+        ("dropout" in key or "pdrop" in key) and isinstance(value, float) and value > 0
+        for key, value in values
+    )
 
 
 def _public_batches(
@@ -450,8 +574,9 @@ def _public_batches(
     examples: Sequence[Example],
     settings: FedCoLLMSettings,
     seed: int,
+    steps: int,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """`kd_steps` padded batches of the public set, reshuffled (seeded) at every pass."""
+    """``steps`` padded batches of the public set, reshuffled (seeded) at every pass."""
     if tokenizer.pad_token_id is None:
         raise ModelError(
             f"tokenizer {tokenizer.name_or_path!r} has no pad token; set one "
@@ -460,20 +585,21 @@ def _public_batches(
     max_length, size = settings.client.max_length, settings.kd_batch_size
     encoded = [encode_answer_only(tokenizer, *ex.training_pair(), max_length) for ex in examples]
     generator = torch.Generator().manual_seed(seed)
-    steps = 0
+    done = 0
     while True:
         order = torch.randperm(len(encoded), generator=generator).tolist()
         for start in range(0, len(order), size):
-            if steps == settings.kd_steps:
+            if done == steps:
                 return
             yield collate([encoded[i] for i in order[start : start + size]], tokenizer.pad_token_id)
-            steps += 1
+            done += 1
 
 
 def _optimiser(
-    model: nn.Module, lr: float, settings: FedCoLLMSettings
+    model: nn.Module, lr: float, settings: FedCoLLMSettings, steps: int
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the adapter (matrices decay, as in `train_answer_only`), warmup + cosine."""
+    """AdamW over the adapter (matrices decay, as in `train_answer_only`), warmup + cosine
+    over the round's ``steps`` (`warmup_cosine`)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ModelError(
@@ -486,8 +612,24 @@ def _optimiser(
         {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
     ]
     optimiser = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=train.betas)
-    warmup = math.ceil(train.warmup_ratio * settings.kd_steps)
-    return optimiser, get_cosine_schedule_with_warmup(optimiser, warmup, settings.kd_steps)
+    warmup = math.ceil(train.warmup_ratio * steps)
+    factor = partial(warmup_cosine, warmup=warmup, total=steps)
+    return optimiser, torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+
+
+def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
+    """The lr factor of optimiser step ``step`` (0-based): linear warmup over ``warmup`` steps,
+    then cosine decay toward 0 at ``total``.
+
+    Unlike `transformers.get_cosine_schedule_with_warmup`, warmup counts the first step as
+    step 1: its factor is 1 / (warmup + 1), not 0. The paper's 0.8 % warmup rounds up to one
+    step in a round of a few dozen distillation steps, so HF's schedule would spend every
+    round's first step at lr 0 (a wasted batch, 5 % of a 20-step round).
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 # -- the server's models ----------------------------------------------------------------------
@@ -495,11 +637,21 @@ def _optimiser(
 
 @dataclass(frozen=True)
 class ServerModels:
-    """The server's LLM (adapter omega), its SLM copy (global adapter theta), one tokenizer."""
+    """The server's LLM (adapter omega; None for FedAvg, which never distils), its SLM copy
+    (global adapter theta), one tokenizer."""
 
-    llm: PeftModel
+    llm: PeftModel | None
     slm: PeftModel
     tokenizer: PreTrainedTokenizerBase
+
+
+_LORA_STREAMS = {"llm": 0, "slm": 1}
+
+
+def lora_seed(settings: FedCoLLMSettings, role: str) -> int:
+    """The seed of ``role``'s ("llm" or "slm") starting adapter, derived from
+    ``settings.seed``: one stream per model, so neither start depends on the other."""
+    return derive_seed(settings.seed, _LORA_STREAMS[role])
 
 
 def load_server_models(
@@ -510,16 +662,22 @@ def load_server_models(
     dtype: str | None = None,
     device: str | None = None,
 ) -> ServerModels:
-    """Both models with fresh LoRA, after checking they share one vocabulary.
+    """The SLM copy with theta_0 and, when the server distils, the LLM with omega_0 (after
+    checking the pair shares a vocabulary). FedAvg (``settings.distil`` off) never loads the
+    LLM: `server_round` reads it only to distil.
 
-    The LoRA initialisation is seeded by ``settings.seed``: theta's first value is the same in
-    every run of the same settings, and so is every baseline's starting adapter.
+    Each adapter's start is drawn from its own seed (`lora_seed`), so theta_0 is the same
+    whether or not the LLM's LoRA was drawn first: FedAvg, FedCoLLM and every baseline that
+    starts from `lora_seed` begin from one theta_0.
     """
+    slm, tokenizer = load_model_and_tokenizer(slm_name, dtype=dtype, device=device)
+    theta = add_lora(slm, settings.lora, seed=lora_seed(settings, "slm"))
+    if not settings.distil:
+        return ServerModels(None, theta, tokenizer)
     llm, llm_tokenizer = load_model_and_tokenizer(llm_name, dtype=dtype, device=device)
-    slm, slm_tokenizer = load_model_and_tokenizer(slm_name, dtype=dtype, device=device)
-    check_pair(llm_tokenizer, slm_tokenizer, llm, slm)
-    torch.manual_seed(settings.seed)
-    return ServerModels(add_lora(llm, settings.lora), add_lora(slm, settings.lora), llm_tokenizer)
+    check_pair(llm_tokenizer, tokenizer, llm, slm)
+    omega = add_lora(llm, settings.lora, seed=lora_seed(settings, "llm"))
+    return ServerModels(omega, theta, llm_tokenizer)
 
 
 # -- one round -------------------------------------------------------------------------------
@@ -556,6 +714,8 @@ def server_round(
         "client_examples": float(sum(u.n_examples for u in ordered)),
     }
     if settings.distil:  # 4. mutual distillation on D_a
+        if models.llm is None:
+            raise ConfigError("server_round: settings.distil needs the server's LLM (got None)")
         distil = mutual_distillation(
             models.llm,
             models.slm,

@@ -6,7 +6,12 @@ and the (mean) client SLM's metrics with their standard errors, plus what that m
 show (per-client scores, per-round curves, bytes). None means the method does not produce that
 model. Training budgets match: a non-federated model trains ``rounds x epochs`` epochs, as
 many as a client does over the whole federation, and every method starts from the same seeded
-adapter (theta_0) as the federation's server.
+adapter (theta_0, omega_0) as the federation's server (`lora_seed`: one seed per model, so
+theta_0 does not depend on whether the LLM's adapter was drawn first, or at all).
+
+Beyond the paper's five, ``fedavg_server_ce`` is FedAvg whose server fine-tunes the averaged
+SLM adapter with plain cross-entropy on the public part D_a each round (no LLM): FedCoLLM's
+SLM sees D_a's labels too, so "fedcollm > fedavg_server_ce" is what credits the distillation.
 
 Beyond the paper, ``fedcollm_dp_aux`` is FedCoLLM without public data: the server distils on
 the clients' DP synthetic samples instead of the public part (classification tasks), run
@@ -19,16 +24,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fedkt.algorithms.fedcollm import Adapter, FedCoLLMSettings, ServerModels, client_training
+from fedkt.algorithms.fedcollm import (
+    FedCoLLMSettings,
+    ServerModels,
+    client_training,
+    lora_seed,
+)
 from fedkt.config import FedktConfig
+from fedkt.data import Example
 from fedkt.data.formats import LabelFormat
 from fedkt.errors import ConfigError
 from fedkt.experiments.harness import (
@@ -47,6 +57,7 @@ from fedkt.experiments.summary import band, errorbar, plot_tasks
 from fedkt.federation.fedcollm import (
     FederationResult,
     FederationSpec,
+    ServerUpdate,
     simulate_fedcollm,
 )
 from fedkt.federation.reports import read_report, report_path
@@ -54,10 +65,11 @@ from fedkt.jobs import load_for, placement
 from fedkt.models import adapter_state, add_lora, load_adapter_state
 from fedkt.privacy.accounting import check_target
 from fedkt.report import write_jsonl
-from fedkt.training import TrainReport, TrainSettings, train_answer_only
+from fedkt.training import TrainReport, TrainSettings, derive_seed, train_answer_only
 
 CLAIMS = (
     Claim("slm", "fedcollm", "fedavg"),
+    Claim("slm", "fedcollm", "fedavg_server_ce"),
     Claim("slm", "fedavg", "standalone"),
     Claim("slm", "standalone", "zero_shot"),
     Claim("slm", "fedcollm", "zero_shot"),
@@ -69,24 +81,21 @@ CLAIMS = (
     Claim("llm", "fedcollm_dp_aux", "zero_shot"),
 )
 """The paper's claims: the client SLM ranks FedCoLLM > FedAvg > standalone > zero-shot, and
-the LLM after FedCoLLM keeps (nearly) centralized accuracy. Without public data (beyond the
-paper): FedCoLLM on DP synthetic samples keeps (nearly) the accuracy of FedCoLLM on the public
-part, and still beats FedAvg (SLM) and zero-shot (LLM)."""
+the LLM after FedCoLLM keeps (nearly) centralized accuracy. Beyond the paper: FedCoLLM's SLM
+beats FedAvg with server-side cross-entropy on D_a too (the distillation, not D_a's labels
+alone, makes the gain); without public data, FedCoLLM on DP synthetic samples keeps (nearly)
+the accuracy of FedCoLLM on the public part, and still beats FedAvg (SLM) and zero-shot
+(LLM)."""
 
 
 @dataclass
 class FedCoLLMTask:
-    """One task's rows and what every method shares: models, LoRA, the scoreboard.
-
-    Zero-shot scores are kept once computed: FedAvg's LLM is the untouched base model, so its
-    score is the zero-shot one and is not measured twice.
-    """
+    """One task's rows and what every method shares: models, LoRA, the scoreboard."""
 
     config: FedktConfig
     data: TaskData
     board: Scoreboard
     resume: bool = False
-    zero_shot_scores: dict[Role, Scores] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config: FedktConfig, task: str, resume: bool = False) -> FedCoLLMTask:
@@ -120,33 +129,38 @@ class FedCoLLMTask:
         return load_for(self.config, federation.llm if role == "llm" else federation.slm)
 
     def load_lora(self, role: Role) -> tuple[PeftModel, PreTrainedTokenizerBase]:
-        """The model with the federation's starting adapter (theta_0 or omega_0)."""
+        """The model with the federation's starting adapter (theta_0 or omega_0), drawn from
+        the seed the federation's server draws it from (`lora_seed`): only this model loads."""
         model, tokenizer = self.load_model(role)
-        peft_model = add_lora(model, self.config.lora)
-        load_adapter_state(peft_model, self.start_adapters[role])
-        return peft_model, tokenizer
-
-    @cached_property
-    def start_adapters(self) -> dict[Role, Adapter]:
-        """omega_0 and theta_0 exactly as the federation's server draws them, so every method
-        starts from the same adapter."""
-        models = self.federation_spec().load_server_models()
-        return {"llm": adapter_state(models.llm), "slm": adapter_state(models.slm)}
+        settings = self.settings
+        return add_lora(model, settings.lora, seed=lora_seed(settings, role)), tokenizer
 
     def zero_shot(self, role: Role) -> Scores:
-        if role not in self.zero_shot_scores:
-            self.zero_shot_scores[role] = self.board.score(
-                *self.load_model(role), "zero_shot", role
-            )
-        return self.zero_shot_scores[role]
+        return self.board.score(*self.load_model(role), "zero_shot", role)
+
+    def untouched_llm(self, label: str) -> Scores | None:
+        """The LLM score of a method that never loads or trains the LLM (FedAvg): the
+        zero-shot one, its rows aliased for the paired tests, when zero-shot has run (in
+        this run or before a --resume); else None."""
+        scores = self.board.finished.get("zero_shot", {}).get("llm")
+        if scores is None:
+            return None
+        self.board.alias(label, "llm", same_as="zero_shot")
+        return dict(scores)
 
     def federate(
-        self, label: str, settings: FedCoLLMSettings, roles: tuple[Role, ...], every_round: bool
+        self,
+        label: str,
+        settings: FedCoLLMSettings,
+        roles: tuple[Role, ...],
+        every_round: bool,
+        server_update: ServerUpdate | None = None,
     ) -> tuple[FederationResult, list[dict[str, Any]]]:
-        """Simulate the federation, scoring the server's ``roles`` after every round (or only
-        the last) and saving their adapters after the last; returns the result and the
-        scores in round order. The server checkpoints every round under the method's folder,
-        and with ``--resume`` continues from there."""
+        """Simulate the federation (with the extra server step ``server_update``, if any),
+        scoring the server's ``roles`` after every round (or only the last) and saving their
+        adapters after the last; returns the result and the scores in round order. The
+        server checkpoints every round under the method's folder, and with ``--resume``
+        continues from there."""
         last = settings.rounds - 1
 
         def after_round(t: int, models: ServerModels) -> dict[str, Any] | None:
@@ -166,7 +180,7 @@ class FedCoLLMTask:
             checkpoint=str(self.folder(label) / "checkpoint.safetensors"),
             resume=self.resume,
         )
-        result = simulate_fedcollm(spec, after_round=after_round)
+        result = simulate_fedcollm(spec, after_round=after_round, server_update=server_update)
         self.board.restore(label)  # rows scored before a --resume, if any
         return result, [point for point in result.after_round if point is not None]
 
@@ -208,16 +222,16 @@ def zero_shot(run: FedCoLLMTask) -> Outcome:
 
 
 def standalone(run: FedCoLLMTask) -> Outcome:
-    """Each client trains the SLM adapter on its own part alone, from theta_0 and with its own
-    seed; the SLM score is the per-row mean over clients."""
+    """Each client trains the SLM adapter on its own part alone, from theta_0, exactly as it
+    trains in the federation (`client_training`: its own seed per round, a fresh optimiser
+    and schedule each round) but keeping its own adapter instead of the average: standalone
+    and FedAvg differ only in the averaging. The SLM score is the per-row mean over clients."""
     slm, tokenizer = run.load_lora("slm")
     start = adapter_state(slm)
     clients, reports = [], []
     for k, part in enumerate(run.data.clients):
         load_adapter_state(slm, start)
-        reports.append(
-            train_answer_only(slm, tokenizer, part, client_training(run.local_training, k, 0))
-        )
+        reports.append(_summary(*_train_alone(run, slm, tokenizer, part, k)))
         clients.append(run.board.score(slm, tokenizer, "standalone", "slm", client=k))
         run.save("standalone", slm, "clients", str(k), "slm")
     slm_scores = run.board.mean_of_clients("standalone", "slm", len(clients))
@@ -225,8 +239,23 @@ def standalone(run: FedCoLLMTask) -> Outcome:
         "llm": None,
         "slm": slm_scores,
         "clients": clients,
-        "train": [_summary(r) for r in reports],
+        "train": reports,
     }
+
+
+def _train_alone(
+    run: FedCoLLMTask,
+    slm: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    part: Sequence[Example],
+    k: int,
+) -> list[TrainReport]:
+    """Client ``k``'s federated schedule on its own part, every round from its own adapter."""
+    client = run.settings.client
+    return [
+        train_answer_only(slm, tokenizer, part, client_training(client, k, t))
+        for t in range(run.settings.rounds)
+    ]
 
 
 def centralized(run: FedCoLLMTask) -> Outcome:
@@ -245,13 +274,50 @@ def centralized(run: FedCoLLMTask) -> Outcome:
 
 
 def fedavg(run: FedCoLLMTask) -> Outcome:
-    """FedCoLLM without server distillation (step 4): the SLM adapters are averaged and the
-    LLM is never trained, so its score is the zero-shot one."""
+    """FedCoLLM without server distillation (step 4): the SLM adapters are averaged. The LLM
+    is never loaded, nor trained: its score is the zero-shot one (`untouched_llm`)."""
     settings = dataclasses.replace(run.settings, distil=False)
     result, curve = run.federate("fedavg", settings, roles=("slm",), every_round=False)
-    llm = run.zero_shot("llm")
-    run.board.alias("fedavg", "llm", same_as="zero_shot")
+    llm = run.untouched_llm("fedavg")
     return {"llm": llm, "slm": curve[-1]["slm"], **_communication(result)}
+
+
+def fedavg_server_ce(run: FedCoLLMTask) -> Outcome:
+    """FedAvg whose server, after averaging, fine-tunes theta with plain cross-entropy on the
+    public part D_a each round (no LLM, no KD), so the clients receive theta trained on D_a's
+    labels. FedCoLLM's SLM sees those labels too (its CE term); this baseline has them
+    without the distillation, which ``fedcollm > fedavg_server_ce`` then isolates."""
+    settings = dataclasses.replace(run.settings, distil=False)
+    public = list(run.data.public)
+
+    def server_ce(t: int, models: ServerModels) -> dict[str, float]:
+        training = server_ce_training(settings, t)
+        report = train_answer_only(models.slm, models.tokenizer, public, training, progress=False)
+        return {f"server_ce_{name}": value for name, value in _summary(report).items()}
+
+    label = "fedavg_server_ce"
+    result, curve = run.federate(
+        label, settings, ("slm",), every_round=False, server_update=server_ce
+    )
+    llm = run.untouched_llm(label)
+    return {"llm": llm, "slm": curve[-1]["slm"], **_communication(result)}
+
+
+def server_ce_training(settings: FedCoLLMSettings, round_index: int) -> TrainSettings:
+    """The server's CE step of `fedavg_server_ce` in round ``round_index``: FedCoLLM's SLM
+    side of step 4 without the KD term, so both see D_a alike: ``kd_epochs`` passes over it
+    (or ``kd_steps`` steps when set) at the SLM lr and the KD batch size, seeded as that
+    round's distillation, with the clients' optimiser settings."""
+    steps = settings.kd_steps
+    return dataclasses.replace(
+        settings.client,
+        lr=settings.slm_lr,
+        batch_size=settings.kd_batch_size,
+        grad_accum=1,
+        epochs=settings.kd_epochs if steps is None else steps,  # a pass is at least a step
+        max_steps=steps,
+        seed=derive_seed(settings.seed, round_index),
+    )
 
 
 def fedcollm(run: FedCoLLMTask) -> Outcome:
@@ -293,6 +359,7 @@ METHODS: dict[str, Callable[[FedCoLLMTask], Outcome]] = {
     "zero_shot": zero_shot,
     "standalone": standalone,
     "fedavg": fedavg,
+    "fedavg_server_ce": fedavg_server_ce,
     "centralized": centralized,
     "fedcollm": fedcollm,
     "fedcollm_dp_aux": fedcollm_dp_aux,
@@ -327,12 +394,14 @@ def run_fedcollm_experiment(config: FedktConfig, *, resume: bool = False) -> dic
     )
 
 
-def _summary(report: TrainReport) -> dict[str, float]:
+def _summary(*reports: TrainReport) -> dict[str, float]:
+    """Steps and seconds of one or more consecutive trainings, the first loss of the first
+    and the last loss of the last."""
     return {
-        "steps": report.steps,
-        "seconds": round(report.seconds, 1),
-        "first_loss": report.first_loss,
-        "last_loss": report.last_loss,
+        "steps": sum(report.steps for report in reports),
+        "seconds": round(sum(report.seconds for report in reports), 1),
+        "first_loss": reports[0].first_loss,
+        "last_loss": reports[-1].last_loss,
     }
 
 
@@ -354,6 +423,7 @@ _STYLES = {
     "zero_shot": ":",
     "standalone": (0, (3, 1, 1, 1, 1, 1)),
     "fedavg": "--",
+    "fedavg_server_ce": (0, (5, 1)),
     "centralized": "-.",
 }
 

@@ -34,7 +34,7 @@ import fedkt
 from fedkt import console
 from fedkt.config import FederationConfig, FedktConfig
 from fedkt.data import Example, split_dev, split_dirichlet, split_fedcollm, split_iid
-from fedkt.errors import ConfigError
+from fedkt.errors import ConfigError, DataError
 from fedkt.evaluation import CausalLM, evaluate_rows, mean_stderr, paired_test
 from fedkt.experiments.summary import mean_scores
 from fedkt.jobs import load_for, placement, task_examples
@@ -86,28 +86,32 @@ def partition(
 
 @dataclass(frozen=True)
 class TaskData:
-    """One task's rows: dev (tuning), the clients' parts, the public part, evaluation."""
+    """One task's rows: dev (tuning), the clients' parts, the public part, evaluation, and
+    the split the evaluation rows come from (``data.split_for(task)``)."""
 
     task: str
     dev: list[Example]
     clients: list[list[Example]]
     public: list[Example]
     evaluation: list[Example]
+    split: str
 
     @classmethod
     def load(cls, config: FedktConfig, task: str) -> TaskData:
         """Carve ``data.dev_rows`` dev rows from the whole train split (seeded), take the
-        first ``data.train_limit`` of the rest and split them; evaluate on ``data.split``
-        (``dev``: the dev rows), its first ``data.limit`` rows."""
+        first ``data.train_limit`` of the rest and split them; evaluate on the task's split
+        (``data.splits``, else ``data.split``; ``dev``: the dev rows), its first
+        ``data.limit`` rows."""
         data = config.data
         train = task_examples(config, task, "train", 0)
         dev, rest = split_dev(train, data.dev_rows, data.dev_seed)
         clients, public = partition(rest[: data.train_limit or None], config.federation)
-        if data.split == DEV_SPLIT:
+        split = data.split_for(task)
+        if split == DEV_SPLIT:
             evaluation = dev[: data.limit or None]
         else:
-            evaluation = task_examples(config, task, data.split, data.limit)
-        return cls(task, dev, clients, public, evaluation)
+            evaluation = evaluation_rows(config, task)
+        return cls(task, dev, clients, public, evaluation, split)
 
     def row_counts(self) -> dict[str, Any]:
         return {
@@ -116,6 +120,21 @@ class TaskData:
             "dev": len(self.dev),
             "eval": len(self.evaluation),
         }
+
+
+def evaluation_rows(config: FedktConfig, task: str) -> list[Example]:
+    """The first ``data.limit`` rows of ``task``'s evaluation split. A split chosen in
+    ``data.splits`` that cannot be read (the task has no such split here) is a config error
+    naming that key: the fix is in the config, not in the data."""
+    split = config.data.split_for(task)
+    try:
+        return task_examples(config, task, split, config.data.limit)
+    except DataError as err:
+        if task not in config.data.splits:
+            raise
+        raise ConfigError(
+            f"data.splits.{task} = {split!r}: task {task} cannot be evaluated on that split ({err})"
+        ) from err
 
 
 # ---- scores, predictions and paired tests -------------------------------------------------
@@ -309,7 +328,7 @@ def write_run_json(
         "base_models": {"llm": federation.llm, "slm": federation.slm},
         "dtype": config.model.dtype,
         "rounds": config.fedcollm.rounds if algorithm == "fedcollm" else 1,
-        "data": {"split": config.data.split, "rows": task.row_counts()},
+        "data": {"split": task.split, "rows": task.row_counts()},
         "metrics": {key: outcome.get(key) for key in ("llm", "slm", "clients")},
         "privacy": outcome.get("privacy"),
         "config_hash": config_hash(config),
@@ -424,12 +443,18 @@ def run_methods(
             "job": "run",
             "algorithm": algorithm,
             "config": dataclasses.asdict(config),
-            "split": config.data.split,
+            "split": config.data.split,  # the default; each task's entry has its own
+            "splits": config.data.evaluation_splits,
             "tasks": {},
         }
     for task in config.data.tasks:
         run = load(config, task, resume)
-        empty = {"rows": run.data.row_counts(), "baselines": {}, "comparisons": []}
+        empty = {
+            "split": run.data.split,
+            "rows": run.data.row_counts(),
+            "baselines": {},
+            "comparisons": [],
+        }
         entry: dict[str, Any] = results["tasks"].setdefault(task, empty)
         run.board.finished = entry["baselines"]
         for label in entry["baselines"]:
@@ -438,7 +463,7 @@ def run_methods(
             if name in entry["baselines"]:
                 continue  # finished before --resume
             start = time.perf_counter()
-            _LOG.info("[%s] %s: starting (%s)", task, name, _rows_text(run.data, config))
+            _LOG.info("[%s] %s: starting (%s)", task, name, _rows_text(run.data))
             with console.scoped(f"[{task}] {name}"):  # round lines from the federation
                 for label, outcome in methods[name](run):
                     seconds = outcome.pop("seconds", time.perf_counter() - start)
@@ -454,14 +479,14 @@ def run_methods(
     return results
 
 
-def _rows_text(data: TaskData, config: FedktConfig) -> str:
+def _rows_text(data: TaskData) -> str:
     """The rows a task's methods work on, in words (for the progress lines)."""
     counts = data.row_counts()
     clients = counts["clients"]
     sizes = f"{min(clients)}" if min(clients) == max(clients) else f"{min(clients)}-{max(clients)}"
     return (
         f"train rows: {len(clients)} clients x {sizes}, public {counts['public']}; "
-        f"scored on {counts['eval']} {config.data.split} rows"
+        f"scored on {counts['eval']} {data.split} rows"
     )
 
 
@@ -481,21 +506,44 @@ def _headline(outcome: Outcome) -> str:
     return ", ".join(parts) or "done"
 
 
+RESUMABLE_CHANGES = (
+    "deployment",
+    "fedcollm.baselines",
+    "fedcot.baselines",
+    "fedcot.strategies",
+    "fedcot.eps",
+    "fedcot.grids",
+    "fedcot.measured_grids",
+    "fdkt.baselines",
+    "fdkt.eps",
+)
+"""Settings --resume may change: where the run's processes live ([deployment]), and which
+methods and eps points run, never how one runs (to extend or narrow a sweep). Every finished
+outcome keeps its own label (method, strategy and eps), so no result is mislabelled;
+results.json records the latest selection."""
+
+
 def _previous(path: Path, config: FedktConfig, algorithm: str) -> dict[str, Any] | None:
-    """The results.json to continue, or None (nothing to resume); refuses another config."""
+    """The results.json to continue, or None (nothing to resume); refuses another config
+    (beyond `RESUMABLE_CHANGES`, which may grow a sweep)."""
     if not path.is_file():
         _LOG.info("--resume: no %s yet, starting from the beginning", path)
         return None
     previous = read_json(path)
     now = to_strict_json(dataclasses.asdict(config))
     defaults = to_strict_json(dataclasses.asdict(type(config)()))
-    changed = sorted(_differences(previous.get("config", {}), now, defaults))
+    changed = sorted(
+        key
+        for key in _differences(previous.get("config", {}), now, defaults)
+        if not any(key == s or key.startswith(f"{s}.") for s in RESUMABLE_CHANGES)
+    )
     if changed or previous.get("algorithm") != algorithm:
         raise ConfigError(
             f"--resume: {path} was written with another config (differs in "
             f"{', '.join(changed) or 'algorithm'}); restore those settings, or use another "
             "output_dir for the new config."
         )
+    previous["config"] = dataclasses.asdict(config)  # the selection this run continues with
     return previous
 
 

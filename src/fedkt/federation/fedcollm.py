@@ -214,6 +214,8 @@ class FederationSpec:
         )
 
     def load_server_models(self) -> ServerModels:
+        """The server's models in the federation's dtype and device
+        (`fedkt.algorithms.fedcollm.load_server_models`: FedAvg loads no LLM)."""
         return load_server_models(
             self.llm, self.slm, self.settings, dtype=self.dtype, device=self.device
         )
@@ -275,9 +277,10 @@ class AuxSet:
 @dataclass(frozen=True)
 class FederationResult:
     """The final global SLM adapter theta (what clients use), the server's LLM adapter omega
-    (it never left the server), one record per round, per round what ``after_round``
-    returned (None where it returned nothing), and the DP synthetic auxiliary set the clients
-    sent (None: the server distilled on its public rows, or not at all)."""
+    (it never left the server; empty for FedAvg, whose server has no LLM), one record per
+    round, per round what ``after_round`` returned (None where it returned nothing), and the
+    DP synthetic auxiliary set the clients sent (None: the server distilled on its public
+    rows, or not at all)."""
 
     slm_adapter: Adapter
     llm_adapter: Adapter
@@ -290,6 +293,13 @@ AfterRound = Callable[[int, ServerModels], Any]
 """Called with the round index and the live server models after every round, before the
 checkpoint is written (evaluation, artefacts); what it returns (JSON-able) is kept in the
 checkpoint and in `FederationResult.after_round`."""
+
+ServerUpdate = Callable[[int, ServerModels], Mapping[str, float]]
+"""An extra server step after round t's `server_round` (aggregation, and distillation when
+on) and before ``after_round``: it may train ``models.slm`` in place, which is then the theta
+the clients receive next round (e.g. FedAvg whose server fine-tunes theta on D_a, a
+baseline). Returns metrics for the round's record; it must seed itself from t alone, so a
+resumed run repeats an uninterrupted one."""
 
 # ---- client -------------------------------------------------------------------------------
 
@@ -385,9 +395,10 @@ def run_server(
     spec: FederationSpec,
     models: ServerModels,
     after_round: AfterRound | None = None,
+    server_update: ServerUpdate | None = None,
 ) -> FederationResult:
     """All rounds, top to bottom (from the checkpoint's next round when resuming); ``models``
-    are updated in place.
+    are updated in place, by each round and then by ``server_update`` when given.
 
     A round's checkpoint is complete: clients and the server's distillation build fresh
     optimisers every round and draw every seed from (seed, partition, round), so theta, omega
@@ -402,15 +413,17 @@ def run_server(
         start = time.perf_counter()
         exchange = FlowerExchange(grid, nodes, spec)
         result = server_round(models, distil_on, spec.settings, t, exchange)
-        metrics = {**result.metrics, "seconds": time.perf_counter() - start}
+        extra = {} if server_update is None else server_update(t, models)
+        metrics = {**result.metrics, **extra, "seconds": time.perf_counter() - start}
         records.append(RoundRecord(t, exchange.bytes_down, exchange.bytes_up, metrics))
         kept.append(None if after_round is None else after_round(t, models))
         if spec.checkpoint is not None:
             _write_checkpoint(Path(spec.checkpoint), models, records, kept)
         _log_round(spec, t, time.perf_counter() - start, len(distil_on))
+    adapters = _adapters(models)
     return FederationResult(
-        slm_adapter=adapter_state(models.slm),
-        llm_adapter=adapter_state(models.llm),
+        slm_adapter=adapters["slm"],
+        llm_adapter=adapters.get("llm", {}),
         rounds=tuple(records),
         after_round=tuple(kept),
         aux=aux,
@@ -497,7 +510,7 @@ def _log_round(spec: FederationSpec, t: int, seconds: float, aux_rows: int) -> N
 def _write_checkpoint(
     path: Path, models: ServerModels, records: list[RoundRecord], kept: list[Any]
 ) -> None:
-    adapters = {"llm": adapter_state(models.llm), "slm": adapter_state(models.slm)}
+    adapters = _adapters(models)
     state = {
         "rounds_done": len(records),
         "records": [dataclasses.asdict(record) for record in records],
@@ -518,10 +531,19 @@ def _resume(spec: FederationSpec, models: ServerModels) -> tuple[list[RoundRecor
             f"checkpoint {spec.checkpoint} has {done} rounds but the run asks for "
             f"{spec.settings.rounds}; delete it to start this method again."
         )
-    load_adapter_state(models.llm, adapters["llm"])
-    load_adapter_state(models.slm, adapters["slm"])
+    for role, model in _models(models).items():
+        load_adapter_state(model, adapters[role])
     _LOG.info("FedCoLLM resumes after round %d from %s", done, spec.checkpoint)
     return [RoundRecord.from_json(r) for r in state["records"]], list(state["after_round"])
+
+
+def _models(models: ServerModels) -> dict[str, PeftModel]:
+    """The server's LoRA models by role; FedAvg's server has no LLM."""
+    return {"slm": models.slm} | ({} if models.llm is None else {"llm": models.llm})
+
+
+def _adapters(models: ServerModels) -> dict[str, Adapter]:
+    return {role: adapter_state(model) for role, model in _models(models).items()}
 
 
 class FlowerExchange:
@@ -586,14 +608,16 @@ def simulate_fedcollm(
     *,
     client_mods: Sequence[Mod] = (),
     after_round: AfterRound | None = None,
+    server_update: ServerUpdate | None = None,
 ) -> FederationResult:
     """All of ``spec``'s rounds with one simulated SuperNode per client partition.
 
     ``client_mods`` wrap every client's handler (Flower mods), e.g. to audit what leaves a
-    client; ``after_round(t, models)`` sees the live server models after round t.
+    client; ``server_update(t, models)`` is an extra server step after round t's
+    aggregation (`ServerUpdate`); ``after_round(t, models)`` then sees the live server models.
     """
     return simulate(
-        lambda grid: run_server(grid, spec, spec.load_server_models(), after_round),
+        lambda grid: run_server(grid, spec, spec.load_server_models(), after_round, server_update),
         make_client_app(spec.client_setup(), client_mods),
         num_clients=spec.num_clients,
         client_cpus=spec.client_cpus,

@@ -60,8 +60,24 @@ class LoraSettings:
             )
 
 
-def add_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
-    """Wrap ``model`` with fresh LoRA adapters; only the adapters stay trainable."""
+def add_lora(
+    model: PreTrainedModel, settings: LoraSettings, *, seed: int | None = None
+) -> PeftModel:
+    """Wrap ``model`` with fresh LoRA adapters; only the adapters stay trainable.
+
+    ``seed`` draws the adapters' random start (the A matrices) from that seed alone, in a
+    forked RNG: the start is then the same whatever was drawn before (e.g. another model's
+    LoRA first, or not at all), and the global RNG is left as it was. None draws from the
+    global RNG, as peft does.
+    """
+    if seed is None:
+        return _add_lora(model, settings)
+    with torch.random.fork_rng(devices=[]):  # peft draws the adapters on the CPU
+        torch.default_generator.manual_seed(seed)  # the CPU's only: CUDA's stays untouched
+        return _add_lora(model, settings)
+
+
+def _add_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
     if isinstance(model, PeftModel):
         raise ModelError(
             "model already has LoRA adapters: add them once and reuse the model "

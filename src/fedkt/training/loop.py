@@ -1,4 +1,5 @@
-"""The fine-tuning loop: AdamW, linear warmup + cosine decay, clipping, bf16.
+"""The fine-tuning loop: AdamW, linear warmup + cosine decay, clipping, bf16 (fp16 with loss
+scaling where a GPU has no bf16).
 
 Two entry points share it: `train_answer_only` (one task) and `train_multitask` (FedCoT's
 predict + explain, "distilling step-by-step", Hsieh et al., arXiv 2305.02301); they differ
@@ -138,7 +139,8 @@ def train_answer_only(
 
     Only parameters with `requires_grad` are optimised, so a LoRA model trains its adapter and
     nothing else. Runs under bf16 autocast when the model is fp32 on a device with native bf16
-    (fp32 master weights, mixed-precision compute); a bf16 model runs as it is. Seeds torch,
+    (fp32 master weights, mixed-precision compute); a bf16 model runs as it is, and an fp16
+    one (`pick_dtype` on a GPU without bf16) with dynamic loss scaling (`grad_scaler`). Seeds torch,
     numpy and random with `transformers.set_seed` (dropout, as the HF Trainer does) and shuffles
     with its own seeded generator. Leaves the model in eval mode.
     """
@@ -253,6 +255,7 @@ def _fit(
     )
     device = next(model.parameters()).device
     autocast = _autocast(model, device)
+    scaler = grad_scaler(model)
     weights = [task.weight for task in tasks]
     losses: list[float] = []
     per_task: list[list[float]] = [[] for _ in tasks]
@@ -263,7 +266,9 @@ def _fit(
         with tqdm(total=total_steps, desc="train", disable=not progress) as bar:
             for group in _step_groups(encoded, settings, tokenizer.pad_token_id, total_steps):
                 batches = [{k: v.to(device) for k, v in b.items()} for b in group]
-                loss, task_ces = _train_step(model, batches, optimizer, settings, autocast, weights)
+                loss, task_ces = _train_step(
+                    model, batches, optimizer, settings, (autocast, scaler), weights
+                )
                 losses.append(loss)
                 for history, ce in zip(per_task, task_ces, strict=True):
                     history.append(ce)
@@ -301,7 +306,7 @@ def _train_step(
     batches: list[Batch],
     optimizer: torch.optim.Optimizer,
     settings: TrainSettings,
-    autocast: contextlib.AbstractContextManager[None],
+    precision: tuple[contextlib.AbstractContextManager[None], torch.amp.GradScaler],
     weights: list[float],
 ) -> tuple[float, list[float]]:
     """One optimiser step over `batches` (gradient accumulation).
@@ -310,8 +315,10 @@ def _train_step(
     mean of its unweighted CE over the batches that hold it (nan if none does). Each forward
     pass contributes its `_task_loss` / len(batches). Labels are not passed to the model:
     `answer_cross_entropy` does the shift and the answer-token mean. Only the forward pass
-    runs under autocast; backward follows the forward's dtypes.
+    runs under autocast; backward follows the forward's dtypes. The scaler (a no-op unless
+    the model computes in fp16) scales each backward and unscales before clipping.
     """
+    autocast, scaler = precision
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     task_ces: list[list[float]] = [[] for _ in weights]
@@ -324,14 +331,16 @@ def _train_step(
             ).logits
             loss, ces = _task_loss(logits, batch["labels"], batch["task"], weights)
             loss = loss / len(batches)
-        loss.backward()
+        scaler.scale(loss).backward()
         total += loss.item()
         for history, ce in zip(task_ces, ces, strict=True):
             if ce is not None:
                 history.append(ce)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-    optimizer.step()
+    scaler.step(optimizer)  # skipped (and the scale lowered) if a gradient overflowed
+    scaler.update()
     return total, [sum(h) / len(h) if h else math.nan for h in task_ces]
 
 
@@ -424,6 +433,22 @@ def _epoch_batches(
         batches += [ranked[i : i + size] for i in range(0, len(ranked), size)]
     shuffle = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffle]
+
+
+def grad_scaler(*models: nn.Module) -> torch.amp.GradScaler:
+    """A dynamic loss scaler, enabled only when a model computes in fp16 and trains fp32 weights.
+
+    fp16 has 5 exponent bits: small gradients flowing back through fp16 activations underflow
+    to 0 unless the loss is scaled up first (bf16 has fp32's range and needs no scaling). peft
+    keeps a LoRA adapter in fp32 over an fp16 base, which is the case this serves. Trainable
+    fp16 weights cannot be unscaled (torch refuses), so they keep today's unscaled path.
+    Disabled, the scaler is the identity: `scale` returns the loss, `step` just steps.
+    """
+    params = [p for model in models for p in model.parameters()]
+    device = params[0].device if params else torch.device("cpu")
+    fp16 = any(p.dtype == torch.float16 for p in params)
+    trainable_fp32 = all(p.dtype == torch.float32 for p in params if p.requires_grad)
+    return torch.amp.GradScaler(device.type, enabled=fp16 and trainable_fp32)
 
 
 def _autocast(model: nn.Module, device: torch.device) -> contextlib.AbstractContextManager[None]:

@@ -9,6 +9,11 @@ never cast to fp32, which matters with a 49k vocabulary.
 KD follows Hinton et al., "Distilling the Knowledge in a Neural Network" (arXiv 1503.02531):
 T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), the T^2 keeping gradient sizes comparable
 across temperatures. FedCoLLM (arXiv 2411.11707) uses it both ways on the answer tokens.
+
+Selective KD follows FedMKT's "min-CE" (Fan et al., arXiv 2406.17706): per example, a student
+distils only where its teacher has the lower cross-entropy on the gold answer, so a model that is
+better on a row is not pulled toward a worse one there (`sequence_cross_entropy`,
+`min_ce_rows`, `selective_kd_loss`).
 """
 
 from __future__ import annotations
@@ -91,6 +96,66 @@ def kd_loss(
     log_p_teacher = F.log_softmax(teacher, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(-1)
     return temperature**2 * kl.mean()
+
+
+def sequence_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) fp32: each row's mean next-token cross-entropy over its own answer tokens.
+
+    The per-example form of `answer_cross_entropy` (same shift and mask): row b gets
+        ce[b] = -(1/N_b) * sum_{i in A_b} log_softmax(logits[b, i])[labels[b, i+1]]
+    with A_b = {i : labels[b, i+1] != -100} and N_b = |A_b|.
+    A row without answer tokens gets 0 (it has no KD position either). Used to rank two models
+    per example, so a long answer does not outweigh a short one.
+    """
+    _check_leading_dims(logits, labels, "labels")
+    mask = answer_positions(labels)
+    rows = mask.nonzero()[:, 0]  # (N,) the row of each answer position
+    token_ce = F.cross_entropy(logits[mask].float(), labels[:, 1:][mask[:, :-1]], reduction="none")
+    total = torch.zeros(labels.shape[0], device=logits.device).index_add_(0, rows, token_ce)
+    return total / mask.sum(dim=1).clamp(min=1)
+
+
+def min_ce_rows(student_ce: torch.Tensor, teacher_ce: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the rows where the teacher's gold-answer CE is strictly below the student's.
+
+    FedMKT's min-CE selection for one direction: the student distils from the teacher only on
+    these rows. A tie selects nothing: neither model is the better one there.
+    """
+    if student_ce.shape != teacher_ce.shape or student_ce.dim() != 1:
+        raise ValueError(
+            f"min_ce_rows expects two (B,) tensors; got {tuple(student_ce.shape)} and "
+            f"{tuple(teacher_ce.shape)}."
+        )
+    return teacher_ce < student_ce
+
+
+def selective_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> torch.Tensor:
+    """`kd_loss` on the selected rows only, still averaged over all N masked positions.
+
+    rows: (B,) bool, the examples to distil (e.g. `min_ce_rows`). With M the masked positions
+    of the selected rows,
+        loss = (1/N) * sum_{n in M} T^2 * KL_n = kd_loss(rows' positions) * |M| / N,
+    so a distilled token weighs the same whatever share of the batch is selected. All rows
+    selected is exactly `kd_loss`; none selected is a zero with no gradient to the student.
+    """
+    _check_leading_dims(student_logits, mask, "mask")
+    if rows.shape != mask.shape[:1]:
+        raise ValueError(f"rows must be (B,) = {tuple(mask.shape[:1])}; got {tuple(rows.shape)}.")
+    positions = mask.bool()
+    _check_not_empty(positions, "selective_kd_loss: mask")
+    kept = positions & rows.bool()[:, None]
+    if not bool(kept.any()):
+        return torch.zeros((), device=student_logits.device)
+    loss = kd_loss(student_logits, teacher_logits, kept, temperature=temperature, top_k=top_k)
+    return loss * (kept.sum() / positions.sum())
 
 
 def _check_leading_dims(logits: torch.Tensor, other: torch.Tensor, name: str) -> None:
