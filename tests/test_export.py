@@ -26,7 +26,13 @@ from fedkt.cli import main
 from fedkt.data import Example
 from fedkt.errors import FedktError
 from fedkt.evaluation import evaluate_rows
-from fedkt.export import export_model, find_adapter, model_card, read_run
+from fedkt.export import (
+    client_privacy_report,
+    export_model,
+    find_adapter,
+    model_card,
+    read_run,
+)
 from fedkt.models import LoraSettings, add_lora
 from fedkt.report import read_jsonl, write_jsonl
 
@@ -188,6 +194,25 @@ def test_model_card_names_the_original_base(
     assert "https://arxiv.org/abs/2406.12403" in card and "client 1" in card
     assert "text differential privacy" in card  # what left the clients under FedCoT
     assert all(phrase in card for phrase in phrases), card
+
+
+def test_a_client_s_card_carries_its_own_privacy_report_never_the_pooled_one(
+    tmp_path: Path,
+) -> None:
+    """The run's privacy figures are pooled over clients (from their private rows): a
+    client's exported SLM publishes only its own report, read from its own disk."""
+    pooled = {"prompt_eps_mean": 41.5, "protected_recovered": 0.25}
+    run = run_json("org/some-model", algorithm="fedcot", method="fedcot-em@50", privacy=pooled)
+    reports = tmp_path / "client-reports"
+    reports.mkdir()
+    own = {"privacy": {"prompt_eps_mean": 37.0, "noise": "secrets"}, "utility": {"prompts": 3}}
+    (reports / "client1.json").write_text(json.dumps(own))
+    privacy = client_privacy_report(tmp_path, "1")
+    assert privacy == own["privacy"] and client_privacy_report(tmp_path, "0") is None
+    card = model_card(run, "slm", client="1", client_privacy=privacy)
+    assert "Privacy report of client 1" in card and "| prompt_eps_mean | 37 |" in card
+    assert "41.5" not in card and "protected_recovered" not in card
+    assert "| prompt_eps_mean | 41.5 |" in model_card(run, "slm")  # a global model's run
 
 
 def test_errors_say_what_the_run_has(

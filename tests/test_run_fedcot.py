@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,14 @@ def test_fedcot_section_parses_and_checks_its_values() -> None:
         build_config({"fedcot": {"epss": [1.0]}})
 
 
-def _fake_run(spec: FedCoTSpec) -> FedCoTResult:
+def _fake_run(
+    spec: FedCoTSpec, server_correct: Callable[[float, int], int] | None = None
+) -> FedCoTResult:
     """What a simulation leaves: each client's per-row predictions and its own report (privacy
     numbers, scores) on its disk; the server sees counts only. Better at higher eps, so the
-    sweep has a shape."""
+    sweep has a shape. ``server_correct(eps, client)``: how many of a client's 3 server
+    rationales reach the gold answer. A utility sweep (``train_slm`` false) leaves no
+    predictions and no "train" part."""
     eps = spec.settings.eps
     recovered = 1.0 if math.isinf(eps) else min(1.0, eps / 20)
     privacy = {
@@ -76,15 +81,19 @@ def _fake_run(spec: FedCoTSpec) -> FedCoTResult:
     for k in range(spec.num_clients):
         utility = {  # each client graded its 3 prompts' rationales with its own labels
             "prompts": 3,
-            "server_rationale_correct": 3 if math.isinf(eps) else k,
+            "server_rationale_correct": (
+                server_correct(eps, k) if server_correct else 3 if math.isinf(eps) else k
+            ),
             "recovered_rationale_correct": 3 if math.isinf(eps) else 1,
             "rationales_kept": 3 - k,
             "server_degenerate": k,
             "recovery_failed": 0,
         }
-        write_jsonl(Path(str(spec.predictions_dir)) / f"slm-client{k}.jsonl", rows)
-        write_json(Path(str(spec.reports_dir)) / f"client{k}.json",
-                   {"privacy": privacy, "utility": utility, "train": result})  # fmt: skip
+        report = {"privacy": privacy, "utility": utility}
+        if spec.train_slm:
+            write_jsonl(Path(str(spec.predictions_dir)) / f"slm-client{k}.jsonl", rows)
+            report["train"] = result
+        write_json(Path(str(spec.reports_dir)) / f"client{k}.json", report)
     n = spec.num_clients
     return FedCoTResult((3,) * n, (3,) * n, dict.fromkeys(range(n), 10),
                         dict.fromkeys(range(n), 20), 1.0)  # fmt: skip
@@ -244,6 +253,55 @@ def test_measured_grids_sweep_each_strategy_s_own_eps_and_stores_never_mix(
     assert "arc_easy-paraphrase-n16-logits-5_5-2.jsonl" in stores
     assert "same_run_as" in results["tasks"]["arc_easy"]["baselines"]["fedcot-custext@inf"]
     assert harness.plot_fedcot(results, tmp_path / "results.png").stat().st_size > 0
+
+
+def test_a_utility_sweep_grades_rationales_per_grid_point_and_trains_no_slm(
+    tmp_path: Path, shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train_slm = false with per-strategy grids: every point is graded (server rationale
+    accuracy), none trains, and the half-gain eps is read off each strategy's curve."""
+    calls: list[tuple[str, float]] = []
+
+    def fake(spec: FedCoTSpec) -> FedCoTResult:
+        assert spec.train_slm is False
+        calls.append((spec.settings.strategy, spec.settings.eps))
+        # per client: 0 of 3 at eps 0, 1 at 4, 2 at 8, 3 from 12 (and unperturbed)
+        return _fake_run(spec, lambda eps, k: 3 if math.isinf(eps) else min(3, int(eps) // 4))
+
+    monkeypatch.setattr(harness, "simulate_fedcot", fake)
+    config = build_config(
+        {
+            "output_dir": str(tmp_path),
+            "algorithm": "fedcot",
+            "data": {"dir": str(shared_data_dir), "tasks": ["arc_easy"], "limit": 4,
+                     "train_limit": 9},
+            "federation": {"clients": 2},
+            "fedcot": {"strategies": ["em", "krr"], "baselines": ["fedcot"], "train_slm": False,
+                       "grids": {"em": [math.inf, 0, 4, 8, 12], "krr": [0, 4]}},
+        }
+    )  # fmt: skip
+    assert harness.strategy_grid(config.fedcot, "krr") == (0.0, 4.0)
+    results = harness.run_fedcot_experiment(config)
+    assert calls == [("em", math.inf), ("em", 0.0), ("em", 4.0), ("em", 8.0), ("em", 12.0),
+                     ("krr", 0.0), ("krr", 4.0)]  # fmt: skip
+    baselines = results["tasks"]["arc_easy"]["baselines"]
+    assert all(outcome["slm"] is None for outcome in baselines.values())
+    assert baselines["fedcot-em@8"]["utility"]["server_rationale_acc"] == pytest.approx(2 / 3)
+    assert results["tasks"]["arc_easy"]["comparisons"] == []  # no SLM, nothing to test
+    found = harness.half_gain(baselines)
+    assert (found["em"]["low"], found["em"]["non_private"], found["em"]["eps"]) == (0, 1, 8.0)
+    assert found["krr"]["eps"] is None  # krr's sweep stops below half the gain
+    assert found["krr"]["low_from"] == "fedcot-krr@0"
+    del baselines["fedcot-krr@0"]  # k-RR at eps 0 is EM at eps 0: uniform over the same set
+    assert harness.half_gain(baselines)["krr"]["low_from"] == "fedcot-em@0"
+    table = harness.privacy_table(results)
+    assert "em: server rationale acc 0.0 % at eps 0 (fedcot-em@0), 100.0 % non-private" in table
+    assert "first reached at eps 8" in table and "no eps of the sweep" in table
+    assert harness.plot_fedcot(results, tmp_path / "results.png").stat().st_size > 0
+    with pytest.raises(ConfigError, match=r"fedcot\.grids\.gauss"):
+        build_config({"fedcot": {"grids": {"gauss": [1.0]}}})
+    with pytest.raises(ConfigError, match=r"fedcot\.grids\.em"):
+        build_config({"fedcot": {"grids": {"em": [-1.0]}}})
 
 
 def test_fedkt_retention_prints_each_strategy_s_knees(

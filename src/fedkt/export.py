@@ -230,7 +230,8 @@ def export_model(
         raise ModelError(f"merging {adapter} gave a {type(merged).__name__}, not a model")
     clear_quantizer_marks(merged)
     merged = merged.to(getattr(torch, dtype))
-    card = model_card(run, which, client=client, cache_dir=cache_dir)
+    own = client_privacy_report(run_dir, client) if client is not None else None
+    card = model_card(run, which, client=client, cache_dir=cache_dir, client_privacy=own)
 
     _write_atomically(target, merged, tokenizer, card)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
@@ -353,8 +354,13 @@ def model_card(
     *,
     client: str | None = None,
     cache_dir: str | Path | None = None,
+    client_privacy: dict[str, Any] | None = None,
 ) -> str:
-    """A Hub model card (YAML front matter + markdown) for one exported model of ``run``."""
+    """A Hub model card (YAML front matter + markdown) for one exported model of ``run``.
+
+    A client's SLM carries that client's own privacy report (``client_privacy``, from its
+    disk) and never the run's figures pooled over clients: those come from the other
+    clients' private rows, which this client's card must not publish."""
     algorithm = str(run.get("algorithm", ""))
     method = str(run.get("method", ""))
     task = str(run.get("task") or (run.get("data") or {}).get("task") or "")
@@ -393,7 +399,7 @@ def model_card(
         "",
         *_metrics(run, which, client),
         "",
-        *_privacy(run),
+        *(_privacy(run.get("privacy")) if client is None else _privacy(client_privacy, client)),
         "## Privacy: what left the clients",
         "",
         METHOD_NOTES.get(
@@ -474,11 +480,23 @@ def _client_scores(metrics: dict[str, Any], client: str) -> Any:
     return clients[int(client)] if client.isdigit() and int(client) < len(clients) else None
 
 
-def _privacy(run: dict[str, Any]) -> list[str]:
-    privacy = run.get("privacy")
+def client_privacy_report(run_dir: str | Path, client: str) -> dict[str, Any] | None:
+    """The "privacy" part of client ``client``'s own report in the run (simulation: the
+    clients' reports lie under ``<run_dir>/client-reports/``), or None where there is none."""
+    path = Path(run_dir) / "client-reports" / f"client{client}.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    privacy = report.get("privacy") if isinstance(report, dict) else None
+    return privacy if isinstance(privacy, dict) else None
+
+
+def _privacy(privacy: Any, client: str | None = None) -> list[str]:
     if not isinstance(privacy, dict) or not privacy:
         return []
-    out = ["## Privacy report", "", "| quantity | value |", "| --- | --- |"]
+    title = "## Privacy report" if client is None else f"## Privacy report of client {client}"
+    out = [title, "", "| quantity | value |", "| --- | --- |"]
     out += [f"| {key} | {_number(value)} |" for key, value in _flatten(privacy)]
     return [*out, ""]
 

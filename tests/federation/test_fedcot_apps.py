@@ -210,7 +210,7 @@ def test_the_capture_checks_find_statistics_and_token_ids(
 ) -> None:
     ids = _private_ids(tiny_tokenizer)
     longest = max(ids, key=len)
-    loss = RecordDict({keys.RESULT: MetricRecord({"last_loss": 2.5})})
+    loss = RecordDict({"result": MetricRecord({"last_loss": 2.5})})
     assert _statistics(Message(loss, dst_node_id=1, message_type=keys.TRAIN), 2)
     ack = RecordDict({keys.RECEIVED: MetricRecord({keys.RECEIVED: 2})})
     assert not _statistics(Message(ack, dst_node_id=1, message_type=keys.TRAIN), 2)
@@ -240,7 +240,11 @@ def simulated_paraphrase(
     settings = dataclasses.replace(
         SETTINGS, strategy="paraphrase", paraphrase_tokens=PARAPHRASE_TOKENS
     )
-    spec = _spec(models_root, tmp_path_factory, settings=settings)
+    predictions = tmp_path_factory.mktemp("predictions-paraphrase")
+    spec = _spec(  # a utility sweep's point: graded, never trained
+        models_root, tmp_path_factory, settings=settings, train_slm=False,
+        predictions_dir=str(predictions), artefacts_dir=str(predictions),
+    )  # fmt: skip
     recorder = Recorder(tmp_path_factory.mktemp("sent-paraphrase"))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
@@ -264,6 +268,9 @@ def test_paraphrasing_clients_send_fixed_length_paraphrases_and_nothing_else(
         assert privacy["prompt_eps_max"] == pytest.approx(3 * PARAPHRASE_TOKENS * 1.0)
         assert privacy["guarantee"]["new_tokens"] == PARAPHRASE_TOKENS
         assert privacy["pattern_unique_rate"] == 0.0 and privacy["noise"] == "secrets"
+        report = read_report(Path(str(spec.reports_dir)) / f"client{k}.json")
+        assert report["utility"]["prompts"] == 2 and "train" not in report  # train_slm false
+    assert not list(Path(str(spec.predictions_dir)).iterdir())  # no SLM scored, none saved
     _check_sent(sent, tiny_tokenizer)
 
 

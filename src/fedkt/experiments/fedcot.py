@@ -120,6 +120,7 @@ class FedCoTTask(ClientModelsTask):
             reports_dir=str(self.method_dir(label) / "client-reports"),
             label_names=label_names([*self.data.evaluation, *self.data.public]),
             pattern_reference=self.reference,
+            train_slm=config.fedcot.train_slm,
         )
 
     @property
@@ -140,9 +141,12 @@ def _store_suffix(config: FedCoTConfig, strategy: str) -> str:
 
 
 def strategy_grid(config: FedCoTConfig, strategy: str) -> tuple[float, ...]:
-    """The eps a strategy sweeps: ``config.eps``, or with ``measured_grids`` its own measured
-    grid for ``config.candidates`` (`fedkt.privacy.retention.MEASURED_GRIDS`; CusText's by
-    its inner mechanism). "paraphrase" has no measured grid and keeps ``config.eps``."""
+    """The eps a strategy sweeps: its entry in ``config.grids``, else ``config.eps``, or with
+    ``measured_grids`` its own measured grid for ``config.candidates``
+    (`fedkt.privacy.retention.MEASURED_GRIDS`; CusText's by its inner mechanism).
+    "paraphrase" has no measured grid and keeps ``config.eps``."""
+    if strategy in config.grids:
+        return config.grids[strategy]
     if not config.measured_grids or strategy == "paraphrase":
         return config.eps
     key = f"custext({config.custext_inner})" if strategy == "custext" else strategy
@@ -216,7 +220,8 @@ def fedcot(run: FedCoTTask) -> Iterator[tuple[str, dict[str, Any]]]:
                     unperturbed = (label, run.board.finished[label])
                 continue
             if shares and unperturbed is not None:
-                run.board.alias(label, "slm", same_as=unperturbed[0])
+                if fedcot_config.train_slm:
+                    run.board.alias(label, "slm", same_as=unperturbed[0])
                 same = {**unperturbed[1], "same_run_as": unperturbed[0]}
                 same["composition"] = sweep_composition({**run.board.finished, label: same})
                 yield label, same
@@ -259,19 +264,22 @@ def run_fedcot_experiment(config: FedktConfig, *, resume: bool = False) -> dict[
 
 
 def _federated(run: FedCoTTask, label: str, strategy: str, eps: float) -> dict[str, Any]:
-    """One simulated FedCoT run; the clients write their per-row predictions and their own
-    reports, which are read back here (simulation: the harness shares the clients' disk)."""
+    """One simulated FedCoT run; the clients write their per-row predictions (not in a
+    utility sweep, ``train_slm`` false) and their own reports, which are read back here
+    (simulation: the harness shares the clients' disk)."""
     start = time.perf_counter()
     spec = run.spec(label, strategy, eps)
     result = simulate_fedcot(spec)
     reports = []
     for k in range(spec.num_clients):
-        rows = read_jsonl(Path(str(spec.predictions_dir)) / f"slm-client{k}.jsonl")
-        run.board.add(label, "slm", rows, client=k, write=False)
+        if spec.train_slm:
+            rows = read_jsonl(Path(str(spec.predictions_dir)) / f"slm-client{k}.jsonl")
+            run.board.add(label, "slm", rows, client=k, write=False)
         reports.append(read_report(Path(str(spec.reports_dir)) / f"client{k}.json"))
+    trained = spec.train_slm  # a utility sweep scores no SLM
     outcome = {
         "llm": None,
-        "slm": run.board.mean_of_clients(label, "slm", spec.num_clients),
+        "slm": run.board.mean_of_clients(label, "slm", spec.num_clients) if trained else None,
         "clients": [report.get("train", {}) for report in reports],
         "utility": client_utility(reports),
         "privacy": client_privacy(reports),
@@ -395,7 +403,12 @@ def privacy_table(results: dict[str, Any]) -> str:
     `utility_table`); then what the sweep cost each client in all (`composition_lines`)."""
     return "\n\n".join(
         part
-        for part in (_audit_table(results), utility_table(results), composition_lines(results))
+        for part in (
+            _audit_table(results),
+            utility_table(results),
+            half_gain_lines(results),
+            composition_lines(results),
+        )
         if part
     )
 
@@ -535,16 +548,20 @@ def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
         ticks |= {
             x: "inf" if math.isinf(e) else f"{e:g}" for x, (e, _) in zip(xs, points, strict=True)
         }
-        slm = [outcome["slm"] for _, outcome in points]
-        errorbar(ax, xs, slm, color=color, label=f"FedCoT-{strategy.upper()} SLM")
+        trained = [(x, o["slm"]) for x, (_, o) in zip(xs, points, strict=True) if o.get("slm")]
+        if trained:  # none in a utility sweep (train_slm = false)
+            slm_xs, slm = zip(*trained, strict=True)
+            errorbar(ax, slm_xs, slm, color=color, label=f"FedCoT-{strategy.upper()} SLM")
         graded = [outcome.get("utility", {}) for _, outcome in points]
         if all("server_rationale_acc" in u for u in graded):  # where utility moves first
-            ax.plot(
+            ax.errorbar(
                 xs,
                 [100 * u["server_rationale_acc"] for u in graded],
-                "s--",
+                yerr=[100 * u.get("server_rationale_acc_stderr", 0.0) for u in graded],
+                fmt="s--",
                 color=color,
                 alpha=0.6,
+                capsize=2,
                 label=f"{strategy.upper()} server rationale acc",
             )
         inverted = [o["privacy"].get("protected_recovered") for _, o in points]
@@ -569,6 +586,12 @@ def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
     if ticks:  # eps on a symmetric log axis: each strategy at its own grid
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xticks(list(ticks), list(ticks.values()), rotation=90, fontsize="x-small")
+    unperturbed = _non_private_utility(baselines)
+    if unperturbed is not None:  # the rationales' accuracy without privacy: the ceiling
+        acc, stderr = unperturbed
+        ax.axhline(100 * acc, color="black", linestyle="-.", linewidth=1)
+        ax.axhspan(100 * (acc - stderr), 100 * (acc + stderr), color="black", alpha=0.08)
+        ax.plot([], [], "k-.", label="non-private server rationale acc")
     for name, style in (("zero_shot", ":"), ("standalone", "--"), ("cot_upper_bound", "-.")):
         outcome = baselines.get(name)
         if outcome is not None:
@@ -585,3 +608,92 @@ def _eps_panel(ax: Any, task: str, baselines: dict[str, Any]) -> None:
 
 def _eps_of(name: str) -> float:
     return float(name.rsplit("@", 1)[1])
+
+
+def _non_private_utility(
+    baselines: Mapping[str, Any], key: str = "server_rationale_acc"
+) -> tuple[float, float] | None:
+    """``key`` (and its standard error) of rationales written for the unperturbed prompts: a
+    token strategy's eps = inf point, else the non-private upper bound; None if neither ran."""
+    names = [n for n in baselines if n.endswith("@inf") and not n.startswith("fedcot-paraphrase")]
+    for name in [*names, "cot_upper_bound"]:
+        utility = baselines.get(name, {}).get("utility", {})
+        if isinstance(utility.get(key), int | float):
+            return float(utility[key]), float(utility.get(f"{key}_stderr", 0.0))
+    return None
+
+
+def half_gain(
+    baselines: Mapping[str, Any], key: str = "server_rationale_acc"
+) -> dict[str, dict[str, Any]]:
+    """Per strategy swept, the smallest eps at which ``key`` reaches half of the non-private
+    gain: low + (non_private - low) / 2, where non_private is ``key`` for unperturbed prompts
+    (`_non_private_utility`) and low is the strategy's eps -> 0 end: its eps = 0 point, or
+    (`UNIFORM_AT_ZERO`) EM's, else its smallest eps ("low_from" says which). "eps" is None
+    where no point of the sweep reaches it. Point estimates: each side carries the standard
+    error of its prompts (see "stderr")."""
+    top = _non_private_utility(baselines, key)
+    out: dict[str, dict[str, Any]] = {}
+    if top is None:
+        return out
+    for strategy in STRATEGY_COLORS:
+        points = _graded_points(baselines, strategy, key)
+        if not points:
+            continue
+        low_from = f"fedcot-{strategy}@{points[0][0]:g}"
+        if points[0][0] > 0 and strategy in UNIFORM_AT_ZERO:
+            shared = _graded_points(baselines, UNIFORM_AT_ZERO[strategy], key)
+            if shared and shared[0][0] == 0:
+                low_from, points = f"fedcot-{UNIFORM_AT_ZERO[strategy]}@0", [shared[0], *points]
+        low_eps, low = points[0][0], float(points[0][1][key])
+        threshold = low + (top[0] - low) / 2
+        reached = next((e for e, u in points if float(u[key]) >= threshold), None)
+        out[strategy] = {
+            "low_eps": low_eps,
+            "low_from": low_from,
+            "low": low,
+            "non_private": top[0],
+            "threshold": threshold,
+            "eps": reached,
+            "stderr": {f"{e:g}": u.get(f"{key}_stderr") for e, u in points},
+            "curve": {f"{e:g}": float(u[key]) for e, u in points},
+        }
+    return out
+
+
+UNIFORM_AT_ZERO = {"aem": "em", "krr": "em", "metric": "em"}
+"""At eps = 0 EM, AEM, k-RR and metric DP all draw uniformly from a token's candidate set (the
+same set for all four), so EM's eps = 0 point is also their eps -> 0 end (a sweep need not run
+it four times). CusText (uniform inside the cluster) and the paraphrase are not."""
+
+
+def _graded_points(
+    baselines: Mapping[str, Any], strategy: str, key: str
+) -> list[tuple[float, dict[str, Any]]]:
+    """(eps, utility) of ``strategy``'s finite points that were graded on ``key``, by eps."""
+    return sorted(
+        (
+            (_eps_of(name), outcome["utility"])
+            for name, outcome in baselines.items()
+            if name.startswith(f"fedcot-{strategy}@")
+            and isinstance(outcome.get("utility", {}).get(key), int | float)
+            and math.isfinite(_eps_of(name))
+        ),
+        key=lambda point: point[0],
+    )
+
+
+def half_gain_lines(results: dict[str, Any]) -> str:
+    """Per task and strategy, in words: the smallest eps at which the server's rationales
+    reach half of the non-private gain over the strategy's eps -> 0 end (`half_gain`)."""
+    lines = []
+    for task, entry in results["tasks"].items():
+        for strategy, found in half_gain(entry["baselines"]).items():
+            where = f"eps {found['eps']:g}" if found["eps"] is not None else "no eps of the sweep"
+            lines.append(
+                f"{task} {strategy}: server rationale acc {100 * found['low']:.1f} % at eps "
+                f"{found['low_eps']:g} ({found['low_from']}), "
+                f"{100 * found['non_private']:.1f} % non-private; half "
+                f"the gain ({100 * found['threshold']:.1f} %) first reached at {where}"
+            )
+    return "\n".join(lines)

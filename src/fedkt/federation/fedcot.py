@@ -43,6 +43,7 @@ from transformers import PreTrainedTokenizerBase
 from fedkt.algorithms.fedcot import (
     FedCoTSettings,
     Perturber,
+    Recovery,
     client_encode,
     client_recover,
     client_train,
@@ -129,6 +130,9 @@ class FedCoTSpec(ClientRunSpec):
         pattern_reference: the task's public questions (e.g. its whole train split), against
             which each client measures how unique the pattern it releases in clear is.
         max_message_bytes: larger messages are refused, in both directions.
+        train_slm: False stops each client after step 4 (a utility sweep): it recovers and
+            grades the rationales and writes its report, but trains and scores no SLM (no
+            predictions, no adapter).
     """
 
     llm: str
@@ -141,6 +145,7 @@ class FedCoTSpec(ClientRunSpec):
     lora: LoraSettings
     label_names: tuple[str, ...] = ()
     pattern_reference: tuple[Example, ...] = ()
+    train_slm: bool = True
 
     def __post_init__(self) -> None:
         if not self.client_data or any(not part for part in self.client_data):
@@ -242,9 +247,10 @@ def _answer_query(spec: FedCoTSpec, msg: Message, context: Context, partition: i
 
 
 def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: int) -> Message:
-    """Steps 4-5: recover rationales, train the SLM multi-task, score it; write the outcome
-    (with how often the server's and the recovered rationales reach the gold answers) to the
-    client's own report and acknowledge with the number of rationales received."""
+    """Steps 4-5: recover rationales, train the SLM multi-task, score it (step 5 not in a
+    utility sweep, ``spec.train_slm`` False); write the outcome (with how often the server's
+    and the recovered rationales reach the gold answers) to the client's own report and
+    acknowledge with the number of rationales received."""
     models = _client_models(spec)
     examples = spec.client_data[partition]
     pending = context.state.config_records[_PENDING]
@@ -259,6 +265,18 @@ def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: i
     responses, bad = match_responses(requests, received)
     recovery = client_recover(models.decoder, examples, sent, responses, spec.settings, choices)
     _write_report(spec, partition, "utility", recovery.utility())
+    if spec.train_slm:
+        _train_and_score(spec, models, partition, recovery, malformed=len(bad))
+    content = RecordDict({keys.RECEIVED: MetricRecord({keys.RECEIVED: len(received)})})
+    return Message(content, reply_to=msg)
+
+
+def _train_and_score(
+    spec: FedCoTSpec, models: _ClientModels, partition: int, recovery: Recovery, malformed: int
+) -> None:
+    """Step 5 and the client's own scoring: train the SLM multi-task from the fresh adapter,
+    score it on the evaluation rows, save it and its predictions, write the "train" report."""
+    examples = spec.client_data[partition]
     load_adapter_state(models.slm, models.fresh_adapter)  # every run starts from one adapter
     settings = spec.settings
     train = replace(settings.train, seed=derive_seed(settings.train.seed, partition))
@@ -282,15 +300,13 @@ def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: i
         "rationales": len(recovery.rationales),
         "missing": recovery.missing,
         "rejected": recovery.rejected,
-        "malformed": len(bad),
+        "malformed": malformed,
         "train_steps": report.steps,
         "train_seconds": report.seconds,
         "first_loss": report.first_loss,
         "last_loss": report.last_loss,
     }
     _write_report(spec, partition, "train", outcome)
-    content = RecordDict({keys.RECEIVED: MetricRecord({keys.RECEIVED: len(received)})})
-    return Message(content, reply_to=msg)
 
 
 def _write_report(spec: FedCoTSpec, partition: int, part: str, values: dict[str, Any]) -> None:

@@ -77,14 +77,6 @@ PROMPTS = "prompts"
 TEXTS = "texts"
 """list[str] in RATIONALES: the rationales, in IDS order."""
 
-PRIVACY = "privacy"
-"""FedCoT: no longer sent (the client's privacy report stays on its disk); kept for readers
-of older runs."""
-
-RESULT = "result"
-"""FedCoT: no longer sent (the client's scores and counts stay on its disk); kept for readers
-of older runs."""
-
 SYNTHETIC = "synthetic"
 """FDKT (and FedCoLLM's query) ConfigRecord up: a client's DP synthetic samples, TEXTS and
 LABELS (parallel lists)."""
