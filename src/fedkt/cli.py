@@ -183,7 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     retention.add_argument("--data-dir", help="local data directory (default: $FEDKT_DATA_DIR)")
     retention.set_defaults(handler=_retention, limit=None, output_dir=None)
-    for command in (evaluate, finetune, run, student, export, retention):
+    deployed = _deployment_commands(commands)
+    for command in (evaluate, finetune, run, student, export, retention, *deployed):
         command.add_argument(
             "--verbose",
             action="store_true",
@@ -191,6 +192,64 @@ def _parser() -> argparse.ArgumentParser:
             "transformers); they always go to the log file",
         )
     return parser
+
+
+def _deployment_commands(commands: Any) -> list[argparse.ArgumentParser]:
+    """`fedkt certs|partition|server|client`: FedCoLLM across machines (README "Run across
+    machines"); they take no data or evaluation flags."""
+    certs = commands.add_parser(
+        "certs", help="a self-signed CA, a SuperLink certificate and SuperNode keys (trials)"
+    )
+    certs.add_argument("dir", metavar="DIR", help="folder to write them to")
+    certs.add_argument(
+        "--host", action="append",
+        help="name or IP the SuperLink is reached by (repeatable; default: loopback)",
+    )  # fmt: skip
+    certs.add_argument("--clients", type=int, default=2, help="SuperNode key pairs to make")
+    certs.set_defaults(
+        handler=_certs, config=None, task=None, limit=None, data_dir=None, output_dir=None
+    )
+
+    split = commands.add_parser(
+        "partition", help="write each client's rows (and the public rows) as the simulation "
+        "splits them: client<k>.jsonl, public.jsonl",
+    )  # fmt: skip
+    split.add_argument("config", help="TOML config file ([data], [federation])")
+    split.add_argument("--out", required=True, help="folder to write the rows files to")
+    split.add_argument("--data-dir", help="local data directory (default: $FEDKT_DATA_DIR)")
+    split.set_defaults(handler=_partition, task=None, limit=None, output_dir=None)
+
+    server = commands.add_parser(
+        "server", help="FedCoLLM's server on Flower's deployment engine: SuperLink + ServerApp"
+    )
+    server.add_argument("config", help="TOML config file ([deployment], [federation], ...)")
+    server.add_argument("--public", help="the server's public rows (default: carved from the task)")
+    server.add_argument(
+        "--superlink-running", action="store_true",
+        help="use the SuperLink already running at deployment.superlink (do not start one)",
+    )  # fmt: skip
+    server.add_argument("--output-dir", help="where the outcome and logs are written")
+    server.add_argument("--data-dir", help="local data directory (default: $FEDKT_DATA_DIR)")
+    server.set_defaults(handler=_server, task=None, limit=None)
+
+    client = commands.add_parser(
+        "client", help="one FedCoLLM client on Flower's deployment engine: a SuperNode"
+    )
+    client.add_argument("config", help="TOML config file ([deployment], [federation], ...)")
+    client.add_argument("--data", required=True, help="this client's rows (JSON lines)")
+    client.add_argument("--partition-id", type=int, required=True, help="this client's index")
+    client.add_argument("--key", help="this SuperNode's private key (certs/client<k>.key)")
+    client.add_argument(
+        "--max-wait", type=float, help="give up after this many seconds without the SuperLink"
+    )
+    client.add_argument("--output-dir", help="where this client's own reports are written")
+    client.set_defaults(handler=_client, task=None, limit=None, data_dir=None)
+    for command in (server, client):
+        command.add_argument(
+            "--insecure", action="store_true",
+            help="no TLS and no SuperNode authentication (a warning says so); trials only",
+        )  # fmt: skip
+    return [certs, split, server, client]
 
 
 def _common_flags(command: argparse.ArgumentParser) -> None:
@@ -392,6 +451,60 @@ def _retention(config: FedktConfig, args: argparse.Namespace) -> int:
         f" kit of {settings.decoder}; metric: eps_d; '-': never crossed in [1e-3, 1e5])"
     )
     return 0
+
+
+def _certs(config: FedktConfig, args: argparse.Namespace) -> int:
+    from fedkt.certs import DEFAULT_HOSTS, make_certs
+
+    paths = make_certs(args.dir, hosts=tuple(args.host or DEFAULT_HOSTS), clients=args.clients)
+    print(f"CA: {paths.ca_cert}; SuperLink: {paths.server_cert}, {paths.server_key}")
+    keys = ", ".join(str(p) for p in paths.client_keys)
+    print(f"SuperNode keys: {keys} (public halves: *.pub); private keys are 0600")
+    return 0
+
+
+def _partition(config: FedktConfig, args: argparse.Namespace) -> int:
+    from fedkt.deploy.apps import deployment_task
+    from fedkt.deploy.rows import write_rows
+    from fedkt.experiments.harness import TaskData
+
+    data = TaskData.load(config, deployment_task(config))
+    out = Path(args.out)
+    for k, part in enumerate(data.clients):
+        print(f"client {k}: {len(part)} rows -> {write_rows(out / f'client{k}.jsonl', part)}")
+    print(f"public: {len(data.public)} rows -> {write_rows(out / 'public.jsonl', data.public)}")
+    return 0
+
+
+def _server(config: FedktConfig, args: argparse.Namespace) -> int:
+    _prepare_flower(config)
+    from fedkt.deploy.commands import serve
+
+    folder = serve(
+        config,
+        args.config,
+        public=args.public or "",
+        insecure=args.insecure,
+        superlink_running=args.superlink_running,
+    )
+    print(f"outcome: {folder} (result.safetensors: final adapters; rounds.json: per round)")
+    return 0
+
+
+def _client(config: FedktConfig, args: argparse.Namespace) -> int:
+    _prepare_flower(config)
+    from fedkt.deploy.commands import join
+
+    join(
+        config,
+        args.config,
+        data=args.data,
+        partition=args.partition_id,
+        key=args.key,
+        insecure=args.insecure,
+        max_wait=args.max_wait,
+    )
+    return 0  # not reached: the SuperNode replaces this process
 
 
 def _eps_cell(eps: float | None) -> str:

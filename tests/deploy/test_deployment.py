@@ -1,0 +1,258 @@
+"""FedCoLLM across processes on Flower's deployment engine, on loopback: `fedkt server`
+(a SuperLink with TLS and SuperNode authentication, the ServerApp) and two `fedkt client`
+SuperNodes, each a separate process group reading only its own rows file. One round with
+tiny random models must give the adapters of the in-process protocol; a SuperNode that does
+not trust the SuperLink's certificate, or whose key is not registered, is refused.
+
+Every process is bounded (timeouts) and its whole group killed in `finally`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from conftest import build_tiny_llama
+from fedkt.algorithms.fedcollm import LocalClient, run_round
+from fedkt.certs import make_certs, make_node_keys
+from fedkt.config import load_config
+from fedkt.data import Example
+from fedkt.deploy import launch
+from fedkt.deploy.apps import METHOD, RESULT, server_spec
+from fedkt.deploy.rows import read_rows, write_rows
+from fedkt.federation.checkpoint import read_checkpoint
+from fedkt.models import add_lora, load_model
+
+FEDKT = [sys.executable, "-m", "fedkt.cli"]
+RUN_SECONDS = 150.0
+"""Upper bound on the whole federated round (process starts, imports, one round)."""
+
+CLIENT_ROWS = (
+    [("Which gas do plants absorb from the air?", ("carbon dioxide", "helium"), 0),
+     ("What do green plants need to grow?", ("volcanic rock", "bright sunlight"), 1)],
+    [("What is the boiling point of water at sea level?", ("100 degrees", "frozen"), 0),
+     ("Which gas do we breathe in to live?", ("nitrogen only", "fresh oxygen"), 1)],
+)  # fmt: skip
+PUBLIC_ROWS = [("Which rock is soil made of?", ("weathered rock", "sunlight"), 0)] * 2
+
+
+def _examples(rows: Sequence[tuple[str, tuple[str, ...], int]], tag: str) -> list[Example]:
+    return [
+        Example(id=f"{tag}{i}", context=f"Question: {q}\nAnswer:", choices=c, gold=g)
+        for i, (q, c, g) in enumerate(rows)
+    ]
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Files of one loopback federation: config, rows, certificates and keys."""
+
+    root: Path
+    config: Path
+    certs: Path
+    env: dict[str, str]
+
+    def client_command(self, k: int, *, key: Path, config: Path | None = None) -> list[str]:
+        return [
+            *FEDKT, "client", str(config or self.config),
+            "--data", str(self.root / f"client{k}.jsonl"),
+            "--partition-id", str(k), "--key", str(key), "--max-wait", "60",
+            "--output-dir", str(self.root / f"client{k}-out"),
+        ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def federation(
+    tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerFast
+) -> Federation:
+    root = tmp_path_factory.mktemp("deploy")
+    for name, layers, seed in (("llm", 3, 1), ("slm", 2, 0)):
+        build_tiny_llama(len(tiny_tokenizer), n_layers=layers, seed=seed).save_pretrained(
+            root / name
+        )
+        tiny_tokenizer.save_pretrained(root / name)
+    for k, rows in enumerate(CLIENT_ROWS):
+        write_rows(root / f"client{k}.jsonl", _examples(rows, f"c{k}-"))
+    write_rows(root / "public.jsonl", _examples(PUBLIC_ROWS, "p"))
+    certs = make_certs(root / "certs", clients=2).ca_cert.parent
+    config = root / "federation.toml"
+    config.write_text(_config_text(root, launch.free_port()), encoding="utf-8")
+    env = launch.flower_env(
+        {"FLWR_HOME": str(root / "flwr-home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    )
+    return Federation(root, config, certs, env)
+
+
+def _config_text(root: Path, port: int) -> str:
+    return f"""
+output_dir = "{root / "server-out"}"
+[model]
+dtype = "float32"
+device = "cpu"
+[data]
+tasks = ["arc_easy"]
+[federation]
+llm = "{root / "llm"}"
+slm = "{root / "slm"}"
+clients = 2
+[fedcollm]
+rounds = 1
+kd_steps = 2
+kd_batch_size = 2
+llm_lr = 1e-2
+slm_lr = 1e-2
+[train]
+epochs = 1
+lr = 1e-2
+batch_size = 2
+warmup_ratio = 0.0
+max_length = 64
+[lora]
+r = 4
+alpha = 8
+dropout = 0.0
+[deployment]
+superlink = "127.0.0.1:{port}"
+ca_cert = "{root / "certs/ca.crt"}"
+server_cert = "{root / "certs/server.crt"}"
+server_key = "{root / "certs/server.key"}"
+node_keys = ["{root / "certs/client0.pub"}", "{root / "certs/client1.pub"}"]
+"""
+
+
+def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as handle:
+        return subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+
+def _wait_for_line(path: Path, text: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    pytest.fail(f"no {text!r} in {path} within {timeout:.0f} s:\n{_tail(path)}")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def deployed(federation: Federation) -> Path:
+    """`fedkt server` and two `fedkt client`s, as the README runs them; the outcome folder.
+    Every process is gone before the tests look at the outcome."""
+    root, env = federation.root, federation.env
+    server_log = root / "server.log"
+    server = _start([*FEDKT, "server", str(federation.config), "--public",
+                     str(root / "public.jsonl")], server_log, env)  # fmt: skip
+    clients: list[subprocess.Popen[bytes]] = []
+    try:
+        _wait_for_line(server_log, "SuperNode keys registered", server, timeout=60)
+        for k in range(2):
+            command = federation.client_command(k, key=federation.certs / f"client{k}.key")
+            clients.append(_start(command, root / f"client{k}.log", env))
+        try:
+            code = server.wait(timeout=RUN_SECONDS)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server did not finish in {RUN_SECONDS:.0f} s:\n{_tail(server_log)}")
+    finally:
+        for process in [*clients, server]:
+            launch.stop(process, grace=5.0)
+    assert code == 0, _tail(server_log)
+    return root / "server-out" / "arc_easy" / METHOD
+
+
+def test_one_deployed_round_equals_the_in_process_protocol(
+    federation: Federation, deployed: Path
+) -> None:
+    adapters, state = read_checkpoint(deployed / RESULT)
+    config = load_config(federation.config)
+    spec = server_spec(config, "arc_easy", str(federation.root / "public.jsonl"))
+    models = spec.load_server_models()
+    slm = add_lora(load_model(spec.slm, dtype="float32", device="cpu"), spec.settings.lora)
+    clients = [LocalClient(slm, read_rows(federation.root / f"client{k}.jsonl")) for k in range(2)]
+    reference = run_round(models, clients, spec.public_data, spec.settings, round_index=0)
+    assert adapters["slm"].keys() == reference.adapter.keys()
+    for key, tensor in reference.adapter.items():
+        torch.testing.assert_close(adapters["slm"][key], tensor, msg=key)
+    assert "llm" in adapters
+    [record] = state["rounds"]
+    assert record["metrics"]["clients"] == 2 and record["metrics"]["client_examples"] == 4
+    assert set(record["bytes_up"]) == {"0", "1"}  # JSON keys: partition ids
+
+
+def test_each_client_reads_only_its_own_rows(federation: Federation, deployed: Path) -> None:
+    """Each SuperNode's node config names its own rows file and nothing else's."""
+    for k in range(2):
+        log = (federation.root / f"client{k}.log").read_text(errors="replace")
+        assert f"client{k}.jsonl" in log and f"client{1 - k}.jsonl" not in log
+
+
+def test_a_supernode_that_does_not_trust_the_certificate_or_is_unknown_is_refused(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """Against a SuperLink with TLS and node authentication (client0's key registered): a
+    client trusting another CA fails the TLS handshake; a client with an unregistered key is
+    not activated. Both SuperNodes exit with an error."""
+    original = load_config(federation.config).deployment
+    deployment = replace(original, superlink=f"127.0.0.1:{launch.free_port()}")
+    text = federation.config.read_text().replace(original.superlink, deployment.superlink)
+    right_ca, wrong_ca = tmp_path / "right-ca.toml", tmp_path / "wrong-ca.toml"
+    right_ca.write_text(text)
+    other_ca = make_certs(tmp_path / "other", clients=0).ca_cert
+    wrong_ca.write_text(text.replace(str(federation.certs / "ca.crt"), str(other_ca)))
+    stranger, _ = make_node_keys(tmp_path / "stranger")
+    env = {**federation.env, "FLWR_HOME": str(tmp_path / "flwr-home")}
+    launch.write_connection(tmp_path / "flwr-home", deployment, insecure=False)
+    log = tmp_path / "superlink.log"
+    with open(log, "wb") as handle:
+        superlink = launch.start(launch.superlink_command(deployment, insecure=False), handle, env)
+    try:
+        launch.wait_for_port(deployment.superlink, superlink, timeout=60)
+        launch.register_nodes(replace(deployment, node_keys=original.node_keys[:1]), env)
+        attempts = {
+            "wrong CA": federation.client_command(
+                0, key=federation.certs / "client0.key", config=wrong_ca
+            ),
+            "unregistered key": federation.client_command(1, key=stranger, config=right_ca),
+        }
+        for name, command in attempts.items():
+            # Output to a file, not a pipe: the SuperNode's SuperExec child would hold a pipe
+            # open (and wait for its unreaped parent) after the SuperNode exits.
+            node = _start(command, tmp_path / f"{name}.log", env)
+            try:
+                code = node.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:
+                launch.stop(node, grace=5.0)
+            assert code not in (0, None), f"{name}: let in\n{_tail(tmp_path / f'{name}.log')}"
+        assert "Activated node_id" not in log.read_text(errors="replace")
+    finally:
+        launch.stop(superlink, grace=5.0)
+
+
+def test_insecure_needs_to_be_asked_for(federation: Federation) -> None:
+    """TLS is the default; `--insecure` drops it (and node authentication) and says so."""
+    deployment = load_config(federation.config).deployment
+    secure = launch.superlink_command(deployment, insecure=False)
+    assert "--ssl-certfile" in secure and "--enable-supernode-auth" in secure
+    assert "--disable-runtime-dependency-installation" in secure
+    insecure = launch.superlink_command(deployment, insecure=True)
+    assert "--insecure" in insecure and "--enable-supernode-auth" not in insecure
+    assert os.stat(federation.certs / "server.key").st_mode & 0o777 == 0o600
+    assert os.stat(federation.certs / "client0.key").st_mode & 0o777 == 0o600
