@@ -234,6 +234,18 @@ def test_label_names_of_a_classification_task_stay_in_clear(
         assert sent.text.endswith("\nChoices: World; Sports; Business")
         size = len(tiny_tokenizer(row.question, add_special_tokens=False)["input_ids"])
         assert sent.record.tokens_perturbed + sent.record.tokens_passed_through == size
+    # a classification row is asked (and recovered) with the classification prompt
+    assert all(r.prompt.startswith("Classify the text") for r in queries.requests)
+    assert "Therefore, the answer is Business." in queries.requests[0].prompt
+    mc = client_encode(EXAMPLES[:1], perturber, settings, torch.Generator(), label_names=labels)
+    assert mc.requests[0].prompt.startswith("Answer the multiple-choice question")
+    decoder = FakeBackend([f"{RATIONALE} Therefore, the answer is World."] * 2)
+    responses = {request_id(i): f"{RATIONALE} Therefore, the answer is Sports." for i in (0, 1)}
+    recovery = client_recover(
+        decoder, rows, queries.sent_questions, responses, settings, label_names=labels
+    )
+    assert all(prompt.startswith("Classify the text") for prompt in decoder.prompts)
+    assert recovery.recovered_correct == (True, False)  # row 0 is World, row 1 Business
 
 
 def test_the_answer_leak_scans_only_the_perturbed_private_text(perturber: TextPerturber) -> None:

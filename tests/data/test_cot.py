@@ -125,7 +125,9 @@ def test_recovery_prompt_cuts_the_server_rationale_at_its_first_block() -> None:
 
 
 def test_prompts_check_their_parts() -> None:
-    with pytest.raises(DataError, match=r"unknown task kind 'cloze'.*multiple_choice, generative"):
+    with pytest.raises(
+        DataError, match=r"unknown task kind 'cloze'.*multiple_choice, classification, generative"
+    ):
         rationale_request(PERTURBED, "cloze")
     with pytest.raises(DataError, match="perturbed_question is empty"):
         rationale_request("  ", "multiple_choice")

@@ -57,6 +57,7 @@ from fedkt.data.cot import (
     explain_example,
     predict_example,
     private_fields,
+    prompt_kind,
     rationale_request,
     recovery_prompt,
     render_fields,
@@ -369,7 +370,9 @@ def client_encode(
         perturbed.append(join_perturbed(own, render_fields(example, texts)))
         sent_fields.append(texts)
     requests = [
-        Request(id=request_id(i), prompt=rationale_request(p.text, _kind(example)))
+        Request(
+            id=request_id(i), prompt=rationale_request(p.text, prompt_kind(example, label_names))
+        )
         for i, (example, p) in enumerate(zip(examples, perturbed, strict=True))
     ]
     return ClientQueries(
@@ -379,10 +382,6 @@ def client_encode(
         tuple(fields),
         tuple(sent_fields),
     )
-
-
-def _kind(example: Example) -> str:
-    return "generative" if example.is_generative else "multiple_choice"
 
 
 # ---- server, step 3: rationales -----------------------------------------------------------
@@ -472,6 +471,8 @@ def client_recover(
     responses: Mapping[str, str],
     settings: FedCoTSettings,
     server_choices: Sequence[Sequence[str]] | None = None,
+    *,
+    label_names: Sequence[str] = (),
 ) -> Recovery:
     """Step 4: recover a rationale for each ORIGINAL question with the frozen local LM.
 
@@ -486,7 +487,8 @@ def client_recover(
     so its choice is read against ``server_choices[i]``, the choices as it saw them (the
     perturbed ones; None: the examples' own, right for "none"): it reaches the gold answer
     when it names the gold position. With ``settings.keep_consistent`` only recovered
-    rationales that reach the gold answer are kept.
+    rationales that reach the gold answer are kept. ``label_names`` (a classification task's
+    public labels) picks the recovery prompt's kind as in step 2 (`prompt_kind`).
     """
     n = len(examples)
     seen = [e.choices for e in examples] if server_choices is None else server_choices
@@ -507,7 +509,10 @@ def client_recover(
     else:
         prompts = [
             recovery_prompt(
-                sent_questions[i], text, render_question(examples[i]), _kind(examples[i])
+                sent_questions[i],
+                text,
+                render_question(examples[i]),
+                prompt_kind(examples[i], label_names),
             )
             for i, text in usable.items()
         ]

@@ -4,6 +4,11 @@ rationale filter, and the two training tasks (spec ``shared/specs/fedcot.md``, p
 Only strings live here; perturbation is `fedkt.privacy`'s job and training is
 `fedkt.training.train_multitask`'s. Decisions the spec leaves open:
 
+- Three prompt kinds, each with its instruction and one invented worked example:
+  multiple choice (a science question), classification (a row whose choices are the task's
+  public label names, e.g. AG News: "what is the text about", a news-topic example; on AG
+  News the 135M server LLM's rationales reach the gold label 53 % of the time with it against
+  20 % with the multiple-choice prompt, 40 train rows, raw prompts) and generative (GSM8K).
 - Choices are rendered ``"Choices: x; y; z"``, choice texts joined by ``"; "`` with no
   letters. The student is trained and scored on the choice *text* (log-likelihood of
   ``choices[gold]``), and a rationale ends "Therefore, the answer is <choice text>"; letters
@@ -120,6 +125,19 @@ WORKED_EXAMPLES: dict[str, WorkedExample] = {
         ),
         answer="metal moves heat from the room into the ice quickly",
     ),
+    "classification": WorkedExample(
+        question=_render(
+            "Shares of the carmaker fell 4 percent on Tuesday after it cut its profit forecast "
+            "for the year, citing weak demand in Europe and higher steel prices.",
+            ("World", "Sports", "Business", "Science and Technology"),
+        ),
+        rationale=(
+            "The text is about a company's share price, its profit forecast and demand for its "
+            "products. These are matters of companies and markets. Therefore, the answer is "
+            "Business."
+        ),
+        answer="Business",
+    ),
     "generative": WorkedExample(
         question=(
             "A school library has 4 shelves with 25 books on each shelf. It gives away 30 "
@@ -140,6 +158,11 @@ _INSTRUCTIONS: dict[str, str] = {
         "replaced by similar words; answer the question it most likely asks. Reason step by "
         f'step in a few sentences, then end with "{ANSWER_PHRASE}" followed by the text of '
         "the correct choice."
+    ),
+    "classification": (
+        "Classify the text into one of the choices. Some words of the text may have been "
+        "replaced by similar words. Explain in one or two sentences what the text is about, "
+        f'then end with "{ANSWER_PHRASE}" followed by the correct choice.'
     ),
     "generative": (
         "Solve the problem. Some words of the question may have been replaced by similar "
@@ -195,6 +218,16 @@ def label_names(examples: Sequence[Example]) -> tuple[str, ...]:
         return ()
     first = tuple(rows[0].choices)
     return first if all(tuple(row.choices) == first for row in rows) else ()
+
+
+def prompt_kind(example: Example, label_names: Sequence[str] = ()) -> str:
+    """The FedCoT prompt kind of a row: "generative", "classification" (its choices are the
+    task's public ``label_names``) or "multiple_choice"."""
+    if example.is_generative:
+        return "generative"
+    if label_names and tuple(example.choices) == tuple(label_names):
+        return "classification"
+    return "multiple_choice"
 
 
 def rationale_request(perturbed_question: str, kind: str) -> str:

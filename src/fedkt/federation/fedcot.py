@@ -263,7 +263,15 @@ def _answer_train(spec: FedCoTSpec, msg: Message, context: Context, partition: i
     received = [Response(i, t) for i, t in zip(ids, texts, strict=True)]
     requests = [Request(request_id(i), "") for i in range(len(examples))]
     responses, bad = match_responses(requests, received)
-    recovery = client_recover(models.decoder, examples, sent, responses, spec.settings, choices)
+    recovery = client_recover(
+        models.decoder,
+        examples,
+        sent,
+        responses,
+        spec.settings,
+        choices,
+        label_names=spec.label_names,
+    )
     _write_report(spec, partition, "utility", recovery.utility())
     if spec.train_slm:
         _train_and_score(spec, models, partition, recovery, malformed=len(bad))
