@@ -43,6 +43,8 @@ from fedkt.data.curation import CurationSettings
 from fedkt.data.custom import CustomTask
 from fedkt.data.tasks import TASKS, TaskSpec, get_task
 from fedkt.errors import ConfigError, DataError
+from fedkt.federation.fedcollm import RoundPolicy
+from fedkt.federation.secagg import SecAggSettings
 from fedkt.generation import GenerationSettings
 from fedkt.generation.synthesis import SynthesisSettings
 from fedkt.models import LoraSettings
@@ -75,7 +77,8 @@ labels too, so only "fedcollm > fedavg_server_ce" credits the distillation rathe
 labelled rows. ``fedcollm_dp_aux`` (FedCoLLM without public data: its auxiliary set is the
 clients' DP synthetic samples) runs only when named."""
 
-_FEDCOLLM = FedCoLLMSettings()  # the defaults of [fedcollm] are the protocol's own
+_FEDCOLLM = FedCoLLMSettings()
+_SECAGG = SecAggSettings()  # the defaults of [fedcollm] are the protocol's own
 _DP_AUX = _FEDCOLLM.dp_aux
 
 
@@ -219,6 +222,17 @@ class FedCoLLMConfig:
         per_label: synthetic texts per label and client.
         synthesis_tokens, min_words, max_words: sampling length and the kept texts' words.
         label_field: the label prefix's field name ("Topic": "Topic: World | Text: ...").
+
+    Rounds over Flower (`fedkt.federation.fedcollm.RoundPolicy`, `fedkt.federation.secagg`):
+
+    Args:
+        min_clients: the fewest answers a round aggregates (0, the default: every client).
+        reply_timeout: seconds to wait for a round's replies (left out: no limit).
+        secure_aggregation: SecAgg+ for the adapter uploads (default false): the server
+            learns only their mean. With it, secagg_shares (0: every client) and
+            secagg_threshold (0: a majority of the shares) set who may drop out,
+            secagg_clipping_range and secagg_quantization_range the quantisation, and
+            secagg_max_weight the largest example count under "weighted" aggregation.
     """
 
     rounds: int = _FEDCOLLM.rounds
@@ -247,9 +261,33 @@ class FedCoLLMConfig:
     min_words: int = _DP_AUX.synthesis.min_words
     max_words: int = _DP_AUX.synthesis.max_words
     label_field: str = _DP_AUX.label_field
+    min_clients: int = 0
+    reply_timeout: float | None = None
+    secure_aggregation: bool = False
+    secagg_shares: int = _SECAGG.num_shares
+    secagg_threshold: int = _SECAGG.threshold
+    secagg_clipping_range: float = _SECAGG.clipping_range
+    secagg_quantization_range: int = _SECAGG.quantization_range
+    secagg_max_weight: float = _SECAGG.max_weight
 
     def __post_init__(self) -> None:
         self.settings(TrainSettings(), LoraSettings())  # the protocol's own range checks
+        self.round_policy()  # and the transport's
+
+    def round_policy(self) -> RoundPolicy:
+        """Dropouts, timeouts and secure aggregation of the Flower rounds."""
+        secure = SecAggSettings(
+            num_shares=self.secagg_shares,
+            threshold=self.secagg_threshold,
+            clipping_range=self.secagg_clipping_range,
+            quantization_range=self.secagg_quantization_range,
+            max_weight=self.secagg_max_weight,
+        )
+        return RoundPolicy(
+            min_clients=self.min_clients,
+            reply_timeout=self.reply_timeout,
+            secure_aggregation=secure if self.secure_aggregation else None,
+        )
 
     def settings(self, client: TrainSettings, lora: LoraSettings) -> FedCoLLMSettings:
         """The protocol settings: these fields plus the clients' training and the LoRA."""
@@ -727,13 +765,42 @@ def _build(cls: type[T], raw: dict[str, Any], source: str, prefix: str, section:
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in names:
-            raise ConfigError(_unknown_key_message(source, prefix + key, key, names))
+        if not isinstance(key, str) or key not in names:
+            raise ConfigError(_unknown_key_message(source, prefix + str(key), str(key), names))
         kwargs[key] = _coerce(hints[key], value, source, prefix + key)
     try:
         return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {section}{err}") from err
+    except _CHECK_ERRORS as err:
+        raise ConfigError(_range_message(cls, kwargs, err, source, prefix, section)) from err
+
+
+_CHECK_ERRORS = (ConfigError, ValueError, TypeError, ArithmeticError)
+"""What a section's own range checks (``__post_init__``) may raise on a well-typed value: a
+ConfigError on purpose, the others by accident (e.g. ``int()`` of a non-ASCII digit)."""
+
+
+def _range_message(
+    cls: type, kwargs: dict[str, Any], err: Exception, source: str, prefix: str, section: str
+) -> str:
+    """``err`` of section ``cls``, naming the dotted keys at fault: each one set here that
+    fails on its own (else all set here: a combination), unless the message names it already
+    (the libraries' checks name their own fields, e.g. DPSettings' ``target_epsilon`` for
+    ``fedcollm.eps``)."""
+    at_fault = [key for key in kwargs if _fails_alone(cls, key, kwargs[key])] or list(kwargs)
+    unnamed = [prefix + key for key in at_fault if prefix + key not in str(err)]
+    detail = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+    if not unnamed:
+        return f"{source}: {section}{detail}"
+    values = ", ".join(f"{prefix}{key} = {kwargs[key]!r}" for key in at_fault)
+    return f"{source}: {section}{values} is out of range: {detail}"
+
+
+def _fails_alone(cls: type, key: str, value: Any) -> bool:
+    try:
+        cls(**{key: value})
+    except _CHECK_ERRORS:
+        return True
+    return False
 
 
 def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
@@ -782,7 +849,10 @@ def _coerce_scalar(hint: Any, value: Any, source: str, key: str) -> Any:
             raise _type_error(source, key, hint, value)
         return None
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # TOML integers have no size limit in tomllib
+            raise ConfigError(f"{source}: {key} = {value} is too large for a float") from None
     if hint is int and isinstance(value, bool):
         raise _type_error(source, key, hint, value)
     if hint in (int, float, str, bool) and not isinstance(value, hint):

@@ -136,7 +136,7 @@ def test_client_replies_only_its_adapter_and_count_and_loads_the_slm_once(
         assert not reply.has_error()
         assert set(reply.content) == {keys.ADAPTER, keys.COUNTS}
         counts = dict(reply.content.metric_records[keys.COUNTS])
-        assert counts == {keys.N_EXAMPLES: 2, keys.PARTITION: partition}
+        assert counts == {keys.N_EXAMPLES: 2, keys.PARTITION: partition, keys.ROUND: 0}
         update = record_to_adapter(reply.content.array_records[keys.ADAPTER])
         assert update.keys() == theta.keys()
         assert any(not torch.equal(update[k], theta[k]) for k in theta)
@@ -286,6 +286,10 @@ def test_clients_send_no_question_choice_or_answer_text(
         assert not msg.has_error()
         assert set(msg.content.array_records) == {keys.ADAPTER}
         assert set(msg.content.metric_records) == {keys.COUNTS}
-        assert set(msg.content.metric_records[keys.COUNTS]) == {keys.N_EXAMPLES, keys.PARTITION}
+        assert set(msg.content.metric_records[keys.COUNTS]) == {
+            keys.N_EXAMPLES,
+            keys.PARTITION,
+            keys.ROUND,
+        }
         assert not msg.content.config_records
         assert _leaks(msg) == []

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from fedkt.federation import fedcollm
 from fedkt.federation.boundary import answer_privately
 from fedkt.federation.checkpoint import write_checkpoint
 from fedkt.federation.fedcollm import ClientSetup, FederationResult, FederationSpec
+from fedkt.federation.secagg import secure_aggregation_mod
 from fedkt.report import to_strict_json, write_json
 
 _LOG = logging.getLogger(__name__)
@@ -67,11 +69,43 @@ def run_deployed_server(grid: Grid, config_path: str, public_path: str = "") -> 
     spec = server_spec(config, task, public_path)
     models = spec.load_server_models()
     start = time.perf_counter()
-    result = fedcollm.run_server(grid, spec, models)
+    with client_count_line():
+        result = fedcollm.run_server(grid, spec, models)
     folder = Path(config.output_dir) / task / METHOD
     _write_result(folder, result, time.perf_counter() - start)
     _LOG.info("FedCoLLM across machines: %d rounds, outcome in %s", len(result.rounds), folder)
     return folder
+
+
+ROUND_LINE = "%s round %d/%d: %d clients x %s rows, %s, %.0f s"
+"""The protocol's progress line (`fedkt.federation.fedcollm`), which counts each client's rows
+in ``FederationSpec.client_data``: on this server those are one-row stand-ins."""
+
+DEPLOYED_ROUND_LINE = "%s round %d/%d: %d clients, %s, %.0f s"
+"""The same line on the deployed server: the client count only (it never sees their rows)."""
+
+
+class _ClientCountOnly(logging.Filter):
+    """Rewrites `ROUND_LINE` to `DEPLOYED_ROUND_LINE` (drops the stand-in row count)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == ROUND_LINE and isinstance(record.args, tuple) and len(record.args) == 7:
+            record.msg = DEPLOYED_ROUND_LINE
+            record.args = record.args[:4] + record.args[5:]
+        return True
+
+
+@contextmanager
+def client_count_line() -> Iterator[None]:
+    """While open, the protocol's round line gives the client count without rows. (The real
+    fix belongs in `fedkt.federation.fedcollm`: count the clients' rows from their replies'
+    ``n-examples``, and let a FederationSpec name its clients without holding their rows.)"""
+    logger, only = logging.getLogger(fedcollm.__name__), _ClientCountOnly()
+    logger.addFilter(only)
+    try:
+        yield
+    finally:
+        logger.removeFilter(only)
 
 
 def deployment_task(config: FedktConfig) -> str:
@@ -88,8 +122,9 @@ def server_spec(config: FedktConfig, task: str, public_path: str = "") -> Federa
 
     The server knows how many clients to wait for, not their rows: each client partition is
     a one-row stand-in (`FederationSpec` wants non-empty partitions; the server uses them for
-    the client count and its progress line only). D_a comes from ``public_path`` when given,
-    else from the task's split as the simulation carves it (`TaskData`).
+    the client count only: `client_count_line` keeps their size out of the progress line).
+    D_a comes from ``public_path`` when given, else from the task's split as the simulation
+    carves it (`TaskData`).
     """
     from fedkt.jobs import placement
 
@@ -109,6 +144,7 @@ def server_spec(config: FedktConfig, task: str, public_path: str = "") -> Federa
         checkpoint=str(folder / "checkpoint.safetensors"),
         aux_format=LabelFormat.of(list(label_rows)) if no_public else None,
         generator=config.fedcollm.generator,
+        policy=config.fedcollm.round_policy(),  # min_clients, timeouts, SecAgg+
     )
 
 
@@ -137,6 +173,7 @@ def _write_result(folder: Path, result: FederationResult, seconds: float) -> Non
             "round": r.round,
             "bytes_down": r.bytes_down,
             "bytes_up": r.bytes_up,
+            "missing": list(r.missing),
             "metrics": r.metrics,
         }
         for r in result.rounds
@@ -148,7 +185,9 @@ def _write_result(folder: Path, result: FederationResult, seconds: float) -> Non
 
 # ---- client -------------------------------------------------------------------------------
 
-clientapp = ClientApp()
+clientapp = ClientApp(mods=[secure_aggregation_mod])
+"""Answers SecAgg+'s stages when the server asks for them (`[fedcollm] secure_aggregation`)
+and lets every other message through, as the simulation's client app does."""
 
 _SETUPS: dict[tuple[str, ...], ClientSetup] = {}
 

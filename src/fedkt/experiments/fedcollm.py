@@ -206,6 +206,7 @@ class FedCoLLMTask:
             aux_format=LabelFormat.of(self.data.evaluation) if no_public else None,
             generator=self.config.fedcollm.generator,
             reports_dir=str(self.folder(label) / "client-reports") if no_public else None,
+            policy=self.config.fedcollm.round_policy(),
         )
 
     def folder(self, label: str) -> Path:

@@ -12,6 +12,13 @@ first: the client DP-trains a fresh generator on its rows and replies with synth
 their labels only (its DP report, which counts its rows, goes to its own disk); the server
 turns them into its auxiliary set, writes it beside the checkpoint at once and never asks
 again, not even after a resume (a second query would spend every client's budget twice).
+
+Rounds survive clients that fail, time out (``RoundPolicy.reply_timeout``) or answer another
+round (a replay, a late reply: refused with one log line): the round aggregates the others
+when at least ``min_clients`` answered and its record names who was missing; with fewer it
+is tried once more, then the run stops with one error, its checkpoint (the last complete
+round) ready for ``resume``. With ``RoundPolicy.secure_aggregation`` the uploads go through
+Flower's SecAgg+ (`fedkt.federation.secagg`): the server sees only their mean.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from fedkt.algorithms.fedcollm import (
     ClientUpdate,
     DPAuxSettings,
     FedCoLLMSettings,
+    RoundResult,
     ServerModels,
     aux_examples,
     client_aux_synthesis,
@@ -55,12 +63,16 @@ from fedkt.federation.boundary import answer_privately
 from fedkt.federation.checkpoint import read_checkpoint, write_checkpoint
 from fedkt.federation.codec import adapter_to_record, record_to_adapter
 from fedkt.federation.messaging import (
+    ShortRound,
+    answered,
     checked_replies,
+    missing_nodes,
     replies_by_node,
     string_list,
     wait_for_nodes,
 )
 from fedkt.federation.reports import write_report
+from fedkt.federation.secagg import SecAggSettings, secure_aggregation_mod, secure_mean
 from fedkt.federation.simulation import simulate
 from fedkt.models import (
     LoraSettings,
@@ -112,6 +124,38 @@ class ClientSetup:
 
 
 @dataclass(frozen=True)
+class RoundPolicy:
+    """How the server treats its clients within a round (transport, not the protocol).
+
+    Args:
+        min_clients: the fewest answers a round aggregates (0: every client, the default:
+            a round never silently averages fewer clients than the run was set up with).
+            A round with fewer is tried once more, then the run stops with its checkpoint.
+        reply_timeout: seconds the server waits for a round's replies (for each of the
+            four stages with secure aggregation); None: no limit (a client's local training
+            may take hours, so set it from a measured round time).
+        secure_aggregation: SecAgg+ for the adapter uploads (None: plain uploads).
+    """
+
+    min_clients: int = 0
+    reply_timeout: float | None = None
+    secure_aggregation: SecAggSettings | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_clients < 0 or (self.reply_timeout is not None and self.reply_timeout <= 0):
+            raise ConfigError(
+                f"RoundPolicy: min_clients={self.min_clients} must be >= 0 (0: all) and "
+                f"reply_timeout={self.reply_timeout} > 0 or None (no limit)."
+            )
+
+    def needed(self, clients: int) -> int:
+        """The answers a round of ``clients`` needs."""
+        if self.min_clients > clients:
+            raise ConfigError(f"min_clients={self.min_clients} exceeds the {clients} clients")
+        return self.min_clients or clients
+
+
+@dataclass(frozen=True)
 class FederationSpec:
     """One FedCoLLM federation: the models by name, the data split and the settings.
 
@@ -139,6 +183,7 @@ class FederationSpec:
         generator: the clients' DP generator base ("": the SLM), LoRA-trained in fp32.
         reports_dir: where each client writes its DP report (``client<k>.json``, on its own
             disk; `read_report`); None: not written.
+        policy: dropouts, timeouts and secure aggregation (`RoundPolicy`).
     """
 
     llm: str
@@ -156,8 +201,10 @@ class FederationSpec:
     aux_format: LabelFormat | None = None
     generator: str = ""
     reports_dir: str | None = None
+    policy: RoundPolicy = RoundPolicy()
 
     def __post_init__(self) -> None:
+        self.policy.needed(len(self.client_data))
         empty = [k for k, part in enumerate(self.client_data) if not part]
         if not self.client_data or empty:
             raise ConfigError(
@@ -225,16 +272,20 @@ class FederationSpec:
 class RoundRecord:
     """One round as the server saw it.
 
-    ``bytes_down``/``bytes_up`` map each client's partition id to the payload bytes of the
-    message sent to it / received from it (`codec.payload_bytes`). ``metrics`` holds
-    "clients", "client_examples", the mean distillation terms ("distil_llm_ce", ...,
-    "distil_seconds"; none for FedAvg) and "seconds" (the whole round).
+    ``bytes_down``/``bytes_up`` map each aggregated client's partition id to the payload
+    bytes of the messages sent to it / received from it (`codec.payload_bytes`; all four
+    stages with secure aggregation). ``metrics`` holds "clients", "client_examples", the mean
+    distillation terms ("distil_llm_ce", ..., "distil_seconds"; none for FedAvg),
+    "clients_missing" and "seconds" (the whole round). ``missing`` names each client left out
+    of the round and why ("partition 2 (node 51): error reply: ..."; "node 51" while its
+    partition is unknown).
     """
 
     round: int
     bytes_down: dict[int, int]
     bytes_up: dict[int, int]
     metrics: dict[str, float]
+    missing: tuple[str, ...] = ()
 
     @property
     def total_bytes_down(self) -> int:
@@ -250,7 +301,8 @@ class RoundRecord:
         as_ints = {
             k: {int(p): int(b) for p, b in raw[k].items()} for k in ("bytes_down", "bytes_up")
         }
-        return cls(int(raw["round"]), **as_ints, metrics=dict(raw["metrics"]))
+        missing = tuple(str(m) for m in raw.get("missing", ()))
+        return cls(int(raw["round"]), **as_ints, metrics=dict(raw["metrics"]), missing=missing)
 
 
 @dataclass(frozen=True)
@@ -309,8 +361,10 @@ _SLMS: dict[_SlmKey, tuple[PeftModel, PreTrainedTokenizerBase]] = {}
 
 def make_client_app(setup: ClientSetup, mods: Sequence[Mod] = ()) -> ClientApp:
     """A ClientApp answering FedCoLLM ``train`` messages (and the ``query`` for DP synthetic
-    samples); ``mods`` wrap its handlers (e.g. an audit that records every outgoing message)."""
-    app = ClientApp(mods=list(mods))
+    samples); ``mods`` wrap its handlers (e.g. an audit that records every outgoing message).
+    The innermost mod answers secure aggregation's messages (`secure_aggregation_mod`; it
+    lets every other message through), so one app serves either kind of server."""
+    app = ClientApp(mods=[*mods, secure_aggregation_mod])
     # A partial of a module-level function pickles by reference: Ray ships `setup` by value
     # and each client process keeps using this module's model cache.
     app.train()(partial(train, setup))
@@ -333,7 +387,11 @@ def _train(setup: ClientSetup, msg: Message, context: Context, partition: int) -
         {
             keys.ADAPTER: adapter_to_record(update.adapter),
             keys.COUNTS: MetricRecord(
-                {keys.N_EXAMPLES: update.n_examples, keys.PARTITION: partition}
+                {
+                    keys.N_EXAMPLES: update.n_examples,
+                    keys.PARTITION: partition,
+                    keys.ROUND: round_index,
+                }
             ),
         }
     )
@@ -409,13 +467,15 @@ def run_server(
     records, kept = _resume(spec, models)
     aux = _aux_set(grid, nodes, spec, resumed=bool(records)) if spec.uses_dp_aux else None
     distil_on = spec.public_data if aux is None else aux.examples
+    partitions: dict[int, int] = {}  # node id -> partition id, as the replies tell
     for t in range(len(records), spec.settings.rounds):
         start = time.perf_counter()
-        exchange = FlowerExchange(grid, nodes, spec)
-        result = server_round(models, distil_on, spec.settings, t, exchange)
+        result, exchange = _round(grid, nodes, spec, models, distil_on, t, partitions)
         extra = {} if server_update is None else server_update(t, models)
         metrics = {**result.metrics, **extra, "seconds": time.perf_counter() - start}
-        records.append(RoundRecord(t, exchange.bytes_down, exchange.bytes_up, metrics))
+        missing = exchange.missing_labels()
+        metrics["clients_missing"] = float(len(missing))
+        records.append(RoundRecord(t, exchange.bytes_down, exchange.bytes_up, metrics, missing))
         kept.append(None if after_round is None else after_round(t, models))
         if spec.checkpoint is not None:
             _write_checkpoint(Path(spec.checkpoint), models, records, kept)
@@ -428,6 +488,35 @@ def run_server(
         after_round=tuple(kept),
         aux=aux,
     )
+
+
+def _round(
+    grid: Grid,
+    nodes: list[int],
+    spec: FederationSpec,
+    models: ServerModels,
+    distil_on: Sequence[Example],
+    t: int,
+    partitions: dict[int, int],
+) -> tuple[RoundResult, FlowerExchange]:
+    """Round t, tried once more when too few clients answer (the models are untouched until
+    the exchange succeeds); a second short round stops the run with one error."""
+    for attempt in (1, 2):
+        exchange = FlowerExchange(grid, nodes, spec, partitions)
+        try:
+            return server_round(models, distil_on, spec.settings, t, exchange), exchange
+        except ShortRound as err:
+            if attempt == 1:
+                _LOG.warning("FedCoLLM round %d: %s; trying the round once more", t + 1, err)
+                continue
+            saved = (
+                f"the checkpoint {spec.checkpoint} holds the {t} rounds done: run again with "
+                "resume once the clients are back"
+                if spec.checkpoint is not None and t > 0
+                else "nothing was checkpointed (set FederationSpec.checkpoint to resume)"
+            )
+            raise FedktError(f"FedCoLLM round {t + 1} failed twice: {err}; {saved}.") from err
+    raise AssertionError("unreachable")
 
 
 def _aux_set(grid: Grid, nodes: list[int], spec: FederationSpec, *, resumed: bool) -> AuxSet:
@@ -547,24 +636,90 @@ def _adapters(models: ServerModels) -> dict[str, Adapter]:
 
 
 class FlowerExchange:
-    """Steps 1-2 over Flower (an `Exchange`): one ``train`` message per node, the replies read
-    back by partition id; it keeps the payload bytes of each direction per partition."""
+    """Steps 1-2 over Flower (an `Exchange`): one ``train`` message per node, the replies of
+    this round read back by partition id (or, with secure aggregation, only their mean); it
+    keeps the payload bytes of each direction per partition and who was missing, and raises
+    `ShortRound` when fewer clients answered than the policy needs."""
 
-    def __init__(self, grid: Grid, nodes: list[int], spec: FederationSpec) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        nodes: list[int],
+        spec: FederationSpec,
+        partitions: dict[int, int] | None = None,
+        sink: Callable[[RecordDict], None] | None = None,
+    ) -> None:
         self.grid, self.nodes, self.limit = grid, nodes, spec.max_message_bytes
+        self.policy, self.weighted = spec.policy, spec.settings.aggregation == "weighted"
+        self.partitions = {} if partitions is None else partitions
+        self.sink = sink
         self.bytes_down: dict[int, int] = {}
         self.bytes_up: dict[int, int] = {}
+        self.missing: dict[int, str] = {}
 
     def __call__(self, theta: Adapter, round_index: int) -> Mapping[int, ClientUpdate]:
         content = broadcast_content(theta, round_index)
         down = keys.check_message_size(content, self.limit, what=f"round {round_index} broadcast")
+        if self.policy.secure_aggregation is not None:
+            return self._secure(theta, content, round_index, self.policy.secure_aggregation)
         messages = [
             Message(content, dst_node_id=node, message_type=keys.TRAIN, group_id=str(round_index))
             for node in self.nodes
         ]
-        updates, self.bytes_up = read_replies(self.grid.send_and_receive(messages), self.limit)
+        replies = self.grid.send_and_receive(messages, timeout=self.policy.reply_timeout)
+        kept, dropped = answered(replies, round_index, algorithm="FedCoLLM")
+        self.missing = missing_nodes(self.nodes, kept, dropped)
+        self._check_enough(len(kept), round_index)
+        updates, self.bytes_up = read_replies(kept, self.limit)
+        for reply in kept:
+            counts = reply.content.metric_records[keys.COUNTS]
+            self.partitions[reply.metadata.src_node_id] = int(counts[keys.PARTITION])  # type: ignore[arg-type]
         self.bytes_down = dict.fromkeys(updates, down)
         return updates
+
+    def _secure(
+        self, theta: Adapter, content: RecordDict, round_index: int, settings: SecAggSettings
+    ) -> dict[int, ClientUpdate]:
+        """The round under SecAgg+: every aggregated client's entry is the one mean the
+        server learns (a uniform or weighted mean of equal entries is that mean again)."""
+        outcome = secure_mean(
+            self.grid,
+            self.nodes,
+            content,
+            round_index,
+            settings,
+            layout=theta,
+            weighted=self.weighted,
+            min_clients=self.policy.needed(len(self.nodes)),
+            timeout=self.policy.reply_timeout,
+            sink=self.sink,
+        )
+        self.missing = outcome.missing
+        by_partition = {p: (node, n) for node, (p, n) in outcome.counts.items()}
+        self.partitions.update((node, p) for p, (node, _) in by_partition.items())
+        self.bytes_down = {p: outcome.bytes_down[node] for p, (node, _) in by_partition.items()}
+        self.bytes_up = {p: outcome.bytes_up[node] for p, (node, _) in by_partition.items()}
+        return {p: ClientUpdate(outcome.mean, n) for p, (_, n) in by_partition.items()}
+
+    def _check_enough(self, count: int, round_index: int) -> None:
+        need = self.policy.needed(len(self.nodes))
+        if count < need:
+            raise ShortRound(
+                f"{count} of {len(self.nodes)} clients answered round {round_index}, "
+                f"min_clients needs {need} (missing: {'; '.join(self.missing_labels())})"
+            )
+
+    def missing_labels(self) -> tuple[str, ...]:
+        """Who was missing and why, by partition where the server has seen it."""
+        return tuple(
+            f"{_node_label(node, self.partitions)}: {why}"
+            for node, why in sorted(self.missing.items())
+        )
+
+
+def _node_label(node: int, partitions: Mapping[int, int]) -> str:
+    partition = partitions.get(node)
+    return f"node {node}" if partition is None else f"partition {partition} (node {node})"
 
 
 def broadcast_content(theta: Adapter, round_index: int) -> RecordDict:

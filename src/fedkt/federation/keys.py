@@ -4,10 +4,16 @@ FedCoLLM. A round is one Flower ``train`` message per client and one reply:
 
     server -> client   {ADAPTER: ArrayRecord(theta),   CONFIG: ConfigRecord{ROUND: t}}
     client -> server   {ADAPTER: ArrayRecord(theta_k),
-                        COUNTS: MetricRecord{N_EXAMPLES: n_k, PARTITION: k}}
+                        COUNTS: MetricRecord{N_EXAMPLES: n_k, PARTITION: k, ROUND: t}}
 
 Nothing else crosses the boundary: no text, no losses, no client report. The partition id
 names the sender (not its data): the server sums in partition order, so a rerun sums alike.
+The reply repeats the round index: the server refuses a reply of another round (a replay or
+a late answer). With secure aggregation (`fedkt.federation.secagg`) a round is Flower's four
+SecAgg+ stages instead, every message a TRAIN message with Flower's SECAGG ConfigRecord and
+CONFIG{ROUND, WEIGHTED}; the third stage also carries ADAPTER down, and every reply carries
+COUNTS{PARTITION, ROUND} (the third also N_EXAMPLES) but never ADAPTER: only a masked,
+quantised vector in Flower's record.
 Without public data (aux_source "dp_synthetic") one query per client comes before round 1:
 
     server -> client   QUERY  {}
@@ -51,7 +57,12 @@ CONFIG = "config"
 """ConfigRecord sent down with the adapter."""
 
 ROUND = "round"
-"""int in CONFIG: the round index t; clients offset their training seed by it."""
+"""int in CONFIG: the round index t; clients offset their training seed by it. FedCoLLM
+replies repeat it in COUNTS: the server drops a reply of any other round."""
+
+WEIGHTED = "weighted"
+"""bool in CONFIG, secure aggregation only: the client masks n_k * theta_k ("weighted"
+aggregation) instead of theta_k (uniform), so the server's sum divides into the right mean."""
 
 COUNTS = "counts"
 """MetricRecord sent up with the adapter."""

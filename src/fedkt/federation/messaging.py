@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
@@ -9,7 +10,9 @@ from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from fedkt.errors import FedktError
-from fedkt.federation.keys import check_message_size
+from fedkt.federation.keys import COUNTS, ROUND, check_message_size
+
+_LOG = logging.getLogger(__name__)
 
 NODE_WAIT_SECONDS = 120.0
 """How long a server waits for all clients to register before giving up."""
@@ -67,3 +70,50 @@ def string_list(
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise FedktError(f"malformed {algorithm} message: {key!r} must be a list of strings")
     return [str(v) for v in value]
+
+
+class ShortRound(FedktError):
+    """Fewer clients answered a round than it needs; the server may retry the round."""
+
+
+def answered(
+    replies: Iterable[Message], round_index: int, *, algorithm: str
+) -> tuple[list[Message], dict[int, str]]:
+    """The replies that answer round ``round_index``, sorted by node id, and why each other
+    sender was dropped (node id -> reason): an error reply (a client that failed; its reason
+    quotes no data) or a reply stamped with another round (a replay or a late answer from an
+    earlier round). One log line per dropped reply; the round goes on with the others."""
+    kept: list[Message] = []
+    dropped: dict[int, str] = {}
+    for reply in sorted(replies, key=lambda r: r.metadata.src_node_id):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            dropped[node] = f"error reply: {reply.error.reason}"
+        elif (stamp := _round_stamp(reply)) != round_index:
+            dropped[node] = f"it answers round {stamp}, not round {round_index} (replayed or late)"
+        else:
+            kept.append(reply)
+            continue
+        _LOG.warning(
+            "%s round %d: refused node %d: %s", algorithm, round_index, node, dropped[node]
+        )
+    return kept, dropped
+
+
+def _round_stamp(reply: Message) -> int | None:
+    """The round index a reply says it answers (``COUNTS[ROUND]``); None: unstamped."""
+    counts = reply.content.metric_records.get(COUNTS)
+    value = None if counts is None else counts.get(ROUND)
+    return int(value) if isinstance(value, int | float) else None
+
+
+def missing_nodes(
+    sent: Iterable[int], kept: Iterable[Message], dropped: dict[int, str]
+) -> dict[int, str]:
+    """Every node of ``sent`` without a kept reply, with its reason (no reply: timed out)."""
+    answered_nodes = {reply.metadata.src_node_id for reply in kept}
+    return {
+        node: dropped.get(node, "no reply before the timeout")
+        for node in sent
+        if node not in answered_nodes
+    }
