@@ -107,17 +107,19 @@ def shared_data_dir() -> Path:
     return SHARED_DATA
 
 
+def save_tiny_pair(root: Path, tokenizer: PreTrainedTokenizerFast) -> tuple[Path, Path]:
+    """A 3-layer LLM and a 2-layer SLM (one tokenizer) saved under ``root/llm`` and
+    ``root/slm``: simulated and deployed clients load them by path, as a real checkpoint."""
+    for name, layers, seed in (("llm", 3, 1), ("slm", 2, 0)):
+        build_tiny_llama(len(tokenizer), n_layers=layers, seed=seed).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root / "llm", root / "slm"
+
+
 @pytest.fixture
 def tiny_pair(tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast) -> tuple[Path, Path]:
-    """A 3-layer LLM and a 2-layer SLM saved to disk: the simulated clients load them by path."""
-    paths = []
-    for name, layers, seed in (("llm", 3, 1), ("slm", 2, 0)):
-        build_tiny_llama(len(tiny_tokenizer), n_layers=layers, seed=seed).save_pretrained(
-            tmp_path / name
-        )
-        tiny_tokenizer.save_pretrained(tmp_path / name)
-        paths.append(tmp_path / name)
-    return paths[0], paths[1]
+    """`save_tiny_pair` in this test's folder."""
+    return save_tiny_pair(tmp_path, tiny_tokenizer)
 
 
 @pytest.fixture(autouse=True)

@@ -8,13 +8,14 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
 from conftest import build_tiny_tokenizer
-from fedkt.config import build_config
+from fedkt.config import FedktConfig, build_config
 from fedkt.data import load_examples
 from fedkt.errors import ConfigError
 from fedkt.experiments import fedcot as harness
@@ -99,6 +100,21 @@ def _fake_run(
                         dict.fromkeys(range(n), 20), 1.0)  # fmt: skip
 
 
+def _arc_config(tmp_path: Path, data_dir: Path, fedcot: dict[str, Any]) -> FedktConfig:
+    """A FedCoT run on 4 ARC-Easy validation rows and 9 train rows (2 clients x 3 + 3 public)
+    with the [fedcot] section given."""
+    data = {"dir": str(data_dir), "tasks": ["arc_easy"], "limit": 4, "train_limit": 9}
+    return build_config(
+        {
+            "output_dir": str(tmp_path),
+            "algorithm": "fedcot",
+            "data": data,
+            "federation": {"clients": 2},
+            "fedcot": fedcot,
+        }
+    )
+
+
 def test_the_sweep_runs_each_point_once_and_writes_table_and_plot(
     tmp_path: Path, shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -111,16 +127,8 @@ def test_the_sweep_runs_each_point_once_and_writes_table_and_plot(
         return _fake_run(spec)
 
     monkeypatch.setattr(harness, "simulate_fedcot", fake)
-    config = build_config(
-        {
-            "output_dir": str(tmp_path),
-            "algorithm": "fedcot",
-            "data": {"dir": str(shared_data_dir), "tasks": ["arc_easy"], "limit": 4,
-                     "train_limit": 9},
-            "federation": {"clients": 2},
-            "fedcot": {"eps": [1.0, 10.0, math.inf], "baselines": ["cot_upper_bound", "fedcot"]},
-        }
-    )  # fmt: skip
+    fedcot = {"eps": [1.0, 10.0, math.inf], "baselines": ["cot_upper_bound", "fedcot"]}
+    config = _arc_config(tmp_path, shared_data_dir, fedcot)
     results = harness.run_fedcot_experiment(config)
     assert calls == [("none", math.inf), ("em", 1.0), ("em", 10.0), ("em", math.inf),
                      ("aem", 1.0), ("aem", 10.0)]  # fmt: skip
@@ -223,16 +231,7 @@ def test_measured_grids_sweep_each_strategy_s_own_eps_and_stores_never_mix(
         "paraphrase_logit_min": -5.0,
         "paraphrase_logit_max": 5.0,
     }
-    config = build_config(
-        {
-            "output_dir": str(tmp_path),
-            "algorithm": "fedcot",
-            "data": {"dir": str(shared_data_dir), "tasks": ["arc_easy"], "limit": 4,
-                     "train_limit": 9},
-            "federation": {"clients": 2},
-            "fedcot": fedcot,
-        }
-    )  # fmt: skip
+    config = _arc_config(tmp_path, shared_data_dir, fedcot)
     assert harness.strategy_grid(config.fedcot, "krr") == MEASURED_GRIDS["classes"]["krr"]
     settings = config.fedcot.settings(config.train, "paraphrase", 2.0)
     assert settings.paraphrase_settings.prompt_eps == 32.0
@@ -269,17 +268,13 @@ def test_a_utility_sweep_grades_rationales_per_grid_point_and_trains_no_slm(
         return _fake_run(spec, lambda eps, k: 3 if math.isinf(eps) else min(3, int(eps) // 4))
 
     monkeypatch.setattr(harness, "simulate_fedcot", fake)
-    config = build_config(
-        {
-            "output_dir": str(tmp_path),
-            "algorithm": "fedcot",
-            "data": {"dir": str(shared_data_dir), "tasks": ["arc_easy"], "limit": 4,
-                     "train_limit": 9},
-            "federation": {"clients": 2},
-            "fedcot": {"strategies": ["em", "krr"], "baselines": ["fedcot"], "train_slm": False,
-                       "grids": {"em": [math.inf, 0, 4, 8, 12], "krr": [0, 4]}},
-        }
-    )  # fmt: skip
+    fedcot = {
+        "strategies": ["em", "krr"],
+        "baselines": ["fedcot"],
+        "train_slm": False,
+        "grids": {"em": [math.inf, 0, 4, 8, 12], "krr": [0, 4]},
+    }
+    config = _arc_config(tmp_path, shared_data_dir, fedcot)
     assert harness.strategy_grid(config.fedcot, "krr") == (0.0, 4.0)
     results = harness.run_fedcot_experiment(config)
     assert calls == [("em", math.inf), ("em", 0.0), ("em", 4.0), ("em", 8.0), ("em", 12.0),

@@ -195,8 +195,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _deployment_commands(commands: Any) -> list[argparse.ArgumentParser]:
-    """`fedkt certs|partition|server|client`: FedCoLLM across machines (README "Run across
-    machines"); they take no data or evaluation flags."""
+    """`fedkt certs|partition|server|client`: FedCoLLM, FedCoT or FDKT across machines (README
+    "Run across machines"); they take no data or evaluation flags."""
     certs = commands.add_parser(
         "certs", help="a self-signed CA, a SuperLink certificate and SuperNode keys (trials)"
     )
@@ -220,7 +220,8 @@ def _deployment_commands(commands: Any) -> list[argparse.ArgumentParser]:
     split.set_defaults(handler=_partition, task=None, limit=None, output_dir=None)
 
     server = commands.add_parser(
-        "server", help="FedCoLLM's server on Flower's deployment engine: SuperLink + ServerApp"
+        "server",
+        help="the server (config's algorithm) on Flower's deployment engine: SuperLink + ServerApp",
     )
     server.add_argument("config", help="TOML config file ([deployment], [federation], ...)")
     server.add_argument("--public", help="the server's public rows (default: carved from the task)")
@@ -233,7 +234,7 @@ def _deployment_commands(commands: Any) -> list[argparse.ArgumentParser]:
     server.set_defaults(handler=_server, task=None, limit=None)
 
     client = commands.add_parser(
-        "client", help="one FedCoLLM client on Flower's deployment engine: a SuperNode"
+        "client", help="one client (config's algorithm) on Flower's deployment engine: a SuperNode"
     )
     client.add_argument("config", help="TOML config file ([deployment], [federation], ...)")
     client.add_argument("--data", required=True, help="this client's rows (JSON lines)")
@@ -487,7 +488,9 @@ def _server(config: FedktConfig, args: argparse.Namespace) -> int:
         insecure=args.insecure,
         superlink_running=args.superlink_running,
     )
-    print(f"outcome: {folder} (result.safetensors: final adapters; rounds.json: per round)")
+    from fedkt.deploy.apps import outcome_file
+
+    print(f"outcome: {folder} ({outcome_file(config).name}: what the server kept of the run)")
     return 0
 
 

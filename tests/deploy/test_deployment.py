@@ -11,63 +11,26 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from loopback import Federation, deployment_section, examples, make_federation, run_deployed
+from loopback import start as _start
+from loopback import tail as _tail
 from transformers import PreTrainedTokenizerFast
 
-from conftest import build_tiny_llama
 from fedkt.algorithms.fedcollm import LocalClient, run_round
 from fedkt.certs import make_certs, make_node_keys
 from fedkt.config import load_config
-from fedkt.data import Example
 from fedkt.deploy import launch
 from fedkt.deploy.apps import METHOD, RESULT, server_spec
 from fedkt.deploy.rows import read_rows, write_rows
 from fedkt.federation.checkpoint import read_checkpoint
 from fedkt.models import add_lora, load_model
 
-FEDKT = [sys.executable, "-m", "fedkt.cli"]
-RUN_SECONDS = 150.0
-"""Upper bound on the whole federated round (process starts, imports, one round)."""
-
-CLIENT_ROWS = (
-    [("Which gas do plants absorb from the air?", ("carbon dioxide", "helium"), 0),
-     ("What do green plants need to grow?", ("volcanic rock", "bright sunlight"), 1)],
-    [("What is the boiling point of water at sea level?", ("100 degrees", "frozen"), 0),
-     ("Which gas do we breathe in to live?", ("nitrogen only", "fresh oxygen"), 1)],
-)  # fmt: skip
 PUBLIC_ROWS = [("Which rock is soil made of?", ("weathered rock", "sunlight"), 0)] * 2
-
-
-def _examples(rows: Sequence[tuple[str, tuple[str, ...], int]], tag: str) -> list[Example]:
-    return [
-        Example(id=f"{tag}{i}", context=f"Question: {q}\nAnswer:", choices=c, gold=g)
-        for i, (q, c, g) in enumerate(rows)
-    ]
-
-
-@dataclass(frozen=True)
-class Federation:
-    """Files of one loopback federation: config, rows, certificates and keys."""
-
-    root: Path
-    config: Path
-    certs: Path
-    env: dict[str, str]
-
-    def client_command(self, k: int, *, key: Path, config: Path | None = None) -> list[str]:
-        return [
-            *FEDKT, "client", str(config or self.config),
-            "--data", str(self.root / f"client{k}.jsonl"),
-            "--partition-id", str(k), "--key", str(key), "--max-wait", "60",
-            "--output-dir", str(self.root / f"client{k}-out"),
-        ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -75,21 +38,8 @@ def federation(
     tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerFast
 ) -> Federation:
     root = tmp_path_factory.mktemp("deploy")
-    for name, layers, seed in (("llm", 3, 1), ("slm", 2, 0)):
-        build_tiny_llama(len(tiny_tokenizer), n_layers=layers, seed=seed).save_pretrained(
-            root / name
-        )
-        tiny_tokenizer.save_pretrained(root / name)
-    for k, rows in enumerate(CLIENT_ROWS):
-        write_rows(root / f"client{k}.jsonl", _examples(rows, f"c{k}-"))
-    write_rows(root / "public.jsonl", _examples(PUBLIC_ROWS, "p"))
-    certs = make_certs(root / "certs", clients=2).ca_cert.parent
-    config = root / "federation.toml"
-    config.write_text(_config_text(root, launch.free_port()), encoding="utf-8")
-    env = launch.flower_env(
-        {"FLWR_HOME": str(root / "flwr-home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    )
-    return Federation(root, config, certs, env)
+    write_rows(root / "public.jsonl", examples(PUBLIC_ROWS, "p"))
+    return make_federation(root, tiny_tokenizer, _config_text)
 
 
 def _config_text(root: Path, port: int) -> str:
@@ -120,60 +70,15 @@ max_length = 64
 r = 4
 alpha = 8
 dropout = 0.0
-[deployment]
-superlink = "127.0.0.1:{port}"
-ca_cert = "{root / "certs/ca.crt"}"
-server_cert = "{root / "certs/server.crt"}"
-server_key = "{root / "certs/server.key"}"
-node_keys = ["{root / "certs/client0.pub"}", "{root / "certs/client1.pub"}"]
-"""
-
-
-def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as handle:
-        return subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-
-
-def _wait_for_line(path: Path, text: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in path.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            break
-        time.sleep(0.2)
-    pytest.fail(f"no {text!r} in {path} within {timeout:.0f} s:\n{_tail(path)}")
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+{deployment_section(root, port)}"""
 
 
 @pytest.fixture(scope="module")
 def deployed(federation: Federation) -> Path:
     """`fedkt server` and two `fedkt client`s, as the README runs them; the outcome folder.
     Every process is gone before the tests look at the outcome."""
-    root, env = federation.root, federation.env
-    server_log = root / "server.log"
-    server = _start([*FEDKT, "server", str(federation.config), "--public",
-                     str(root / "public.jsonl")], server_log, env)  # fmt: skip
-    clients: list[subprocess.Popen[bytes]] = []
-    try:
-        _wait_for_line(server_log, "SuperNode keys registered", server, timeout=60)
-        for k in range(2):
-            command = federation.client_command(k, key=federation.certs / f"client{k}.key")
-            clients.append(_start(command, root / f"client{k}.log", env))
-        try:
-            code = server.wait(timeout=RUN_SECONDS)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the server did not finish in {RUN_SECONDS:.0f} s:\n{_tail(server_log)}")
-    finally:
-        for process in [*clients, server]:
-            launch.stop(process, grace=5.0)
-    assert code == 0, _tail(server_log)
-    return root / "server-out" / "arc_easy" / METHOD
+    run_deployed(federation, ["--public", str(federation.root / "public.jsonl")])
+    return federation.root / "server-out" / "arc_easy" / METHOD
 
 
 def test_one_deployed_round_equals_the_in_process_protocol(

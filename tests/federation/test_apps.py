@@ -25,7 +25,7 @@ from flwr.app import (
 )
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from conftest import Recorder, build_tiny_llama, find_leaks
+from conftest import Recorder, find_leaks, save_tiny_pair
 from fedkt.algorithms.fedcollm import FedCoLLMSettings, LocalClient, run_round
 from fedkt.data import Example
 from fedkt.errors import FedktError
@@ -77,11 +77,7 @@ def spec(
     """Tiny LLM (3 layers) and SLM (2 layers) saved to disk: Ray's client processes load them
     by path, as they would a real checkpoint."""
     root = tmp_path_factory.mktemp("models")
-    for name, layers, seed in (("llm", 3, 1), ("slm", 2, 0)):
-        build_tiny_llama(len(tiny_tokenizer), n_layers=layers, seed=seed).save_pretrained(
-            root / name
-        )
-        tiny_tokenizer.save_pretrained(root / name)
+    save_tiny_pair(root, tiny_tokenizer)
     return FederationSpec(
         llm=str(root / "llm"),
         slm=str(root / "slm"),

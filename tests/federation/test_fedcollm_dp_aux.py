@@ -14,7 +14,7 @@ import pytest
 from flwr.app import Message
 from transformers import PreTrainedTokenizerFast
 
-from conftest import Recorder, build_tiny_llama, find_leaks
+from conftest import Recorder, find_leaks, save_tiny_pair
 from fedkt.algorithms.fedcollm import DPAuxSettings, FedCoLLMSettings
 from fedkt.data import Example
 from fedkt.data.formats import LabelFormat
@@ -88,11 +88,7 @@ def spec(
     tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerFast
 ) -> FederationSpec:
     root = tmp_path_factory.mktemp("models")
-    for name, layers, seed in (("llm", 3, 1), ("slm", 2, 0)):
-        build_tiny_llama(len(tiny_tokenizer), n_layers=layers, seed=seed).save_pretrained(
-            root / name
-        )
-        tiny_tokenizer.save_pretrained(root / name)
+    save_tiny_pair(root, tiny_tokenizer)
     out = tmp_path_factory.mktemp("out")
     return FederationSpec(
         llm=str(root / "llm"),
@@ -176,7 +172,8 @@ def test_the_query_reply_holds_only_synthetic_texts_and_labels(
     assert server_pairs == {(label, text) for label, text in pooled if text.strip()}
     for msg in updates:  # the ordinary round reply, unchanged
         assert set(msg.content.array_records) == {keys.ADAPTER}
-        assert set(msg.content.metric_records[keys.COUNTS]) == {keys.N_EXAMPLES, keys.PARTITION}
+        counts = set(msg.content.metric_records[keys.COUNTS])
+        assert counts == {keys.N_EXAMPLES, keys.PARTITION, keys.ROUND}  # the round: public
         assert not msg.content.config_records
 
 

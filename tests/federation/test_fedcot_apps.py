@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from transformers import PreTrainedTokenizerFast
 
-from conftest import Recorder, build_tiny_llama, find_leaks
+from conftest import Recorder, find_leaks, save_tiny_pair
 from fedkt.algorithms.fedcot import FedCoTSettings
 from fedkt.data import Example
 from fedkt.data.cot import render_question
@@ -71,11 +71,7 @@ def models_root(
     tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerFast
 ) -> Path:
     root = tmp_path_factory.mktemp("models")
-    for name, layers, seed in (("llm", 3, 1), ("slm", 2, 0)):
-        build_tiny_llama(len(tiny_tokenizer), n_layers=layers, seed=seed).save_pretrained(
-            root / name
-        )
-        tiny_tokenizer.save_pretrained(root / name)
+    save_tiny_pair(root, tiny_tokenizer)
     return root
 
 

@@ -1,19 +1,23 @@
-"""The FedCoLLM ServerApp and ClientApp as Flower's deployment engine loads them.
+"""The deployed ServerApp and ClientApp as Flower's deployment engine loads them.
 
-``pyproject.toml``'s ``[tool.flwr.app.components]`` names `serverapp` and `clientapp`. Both
-run the simulation's code (`fedkt.federation.fedcollm`: `run_server`, `train`, `query`); what
-differs is where their inputs come from:
+``pyproject.toml``'s ``[tool.flwr.app.components]`` names `serverapp` and `clientapp`: one
+pair for every algorithm, dispatching on the fedkt config's ``algorithm``. Each runs the
+simulation's code (FedCoLLM: `fedkt.federation.fedcollm`'s `run_server`, `train`, `query`;
+FedCoT and FDKT: their server functions and client apps, `fedkt.deploy.fedcot`,
+`fedkt.deploy.fdkt`); what differs is where their inputs come from:
 
-- the ServerApp reads the fedkt config named by the run config (``config``, and optionally
-  ``public``, a rows file with the server's public set D_a); it never sees a client's rows;
+- the ServerApp reads the fedkt config named by the run config (``config``, and for FedCoLLM
+  optionally ``public``, a rows file with the server's public set D_a); it never sees a
+  client's rows;
 - the ClientApp reads the fedkt config, its partition id and its own rows file from its
   SuperNode's node config (``config``, ``partition-id``, ``data``, ``output-dir``), all on the
   client's machine. Setup failures go through the same error boundary as training, so an
   error reply quotes no data.
 
 Flower 1.41 starts one ``flwr-clientapp`` process per message (SuperNode ``--isolation
-subprocess``, the default, and ``process`` alike): the client loads its SLM once per round,
-not once per run. `_SETUPS` caches the setup should Flower ever reuse a process.
+subprocess``, the default, and ``process`` alike): the client loads its models once per
+message, not once per run. `_SETUPS` and `_APPS` cache the setup should Flower ever reuse a
+process.
 """
 
 from __future__ import annotations
@@ -33,12 +37,23 @@ from flwr.serverapp import Grid, ServerApp
 from fedkt.config import FedktConfig, load_config
 from fedkt.data import Example
 from fedkt.data.formats import LabelFormat
+from fedkt.deploy import fdkt as deployed_fdkt
+from fedkt.deploy import fedcot as deployed_fedcot
+from fedkt.deploy.common import (
+    ALGORITHM_NAMES,
+    OUTCOME,
+    NodeSetup,
+    cached_config,
+    one_point,
+)
+from fedkt.deploy.common import deployment_task as deployment_task  # `fedkt partition` uses it
 from fedkt.deploy.rows import read_rows
-from fedkt.errors import ConfigError
 from fedkt.federation import fedcollm
 from fedkt.federation.boundary import answer_privately
 from fedkt.federation.checkpoint import write_checkpoint
+from fedkt.federation.fdkt import make_fdkt_client_app
 from fedkt.federation.fedcollm import ClientSetup, FederationResult, FederationSpec
+from fedkt.federation.fedcot import make_fedcot_client_app
 from fedkt.federation.secagg import secure_aggregation_mod
 from fedkt.report import to_strict_json, write_json
 
@@ -58,7 +73,36 @@ serverapp = ServerApp()
 @serverapp.main()
 def _server_main(grid: Grid, context: Context) -> None:
     run_config = context.run_config
-    run_deployed_server(grid, str(run_config["config"]), str(run_config.get("public", "")))
+    config_path = str(run_config["config"])
+    config = load_config(config_path)
+    if config.algorithm == "fedcot":
+        deployed_fedcot.run_deployed_fedcot(grid, config)
+    elif config.algorithm == "fdkt":
+        deployed_fdkt.run_deployed_fdkt(grid, config)
+    else:
+        run_deployed_server(grid, config_path, str(run_config.get("public", "")))
+
+
+def preflight(config: FedktConfig) -> None:
+    """Refuse, before any process starts, a config a deployment cannot run: more than one
+    task, or (FedCoT, FDKT) more than one point of a sweep."""
+    deployment_task(config)
+    if config.algorithm == "fedcot":
+        deployed_fedcot.point(config)
+    elif config.algorithm == "fdkt":
+        one_point("fdkt.eps", config.fdkt.eps)
+
+
+def outcome_file(config: FedktConfig) -> Path:
+    """The file a finished deployed run of ``config`` leaves on the server: FedCoLLM's
+    `RESULT` (adapters and rounds), FedCoT's and FDKT's `OUTCOME` (counts and bytes), in
+    ``<output_dir>/<task>/<algorithm>-deployed/``."""
+    folder = Path(config.output_dir) / deployment_task(config)
+    if config.algorithm == "fedcot":
+        return folder / deployed_fedcot.METHOD / OUTCOME
+    if config.algorithm == "fdkt":
+        return folder / deployed_fdkt.METHOD / OUTCOME
+    return folder / METHOD / RESULT
 
 
 def run_deployed_server(grid: Grid, config_path: str, public_path: str = "") -> Path:
@@ -106,15 +150,6 @@ def client_count_line() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(only)
-
-
-def deployment_task(config: FedktConfig) -> str:
-    """The one task a deployment trains on (the config's only ``data.tasks`` entry)."""
-    if len(config.data.tasks) != 1:
-        raise ConfigError(
-            f"a deployment runs one task; data.tasks = {list(config.data.tasks)}: keep one"
-        )
-    return config.data.tasks[0]
 
 
 def server_spec(config: FedktConfig, task: str, public_path: str = "") -> FederationSpec:
@@ -190,39 +225,71 @@ clientapp = ClientApp(mods=[secure_aggregation_mod])
 and lets every other message through, as the simulation's client app does."""
 
 _SETUPS: dict[tuple[str, ...], ClientSetup] = {}
+_APPS: dict[tuple[str, ...], ClientApp] = {}
 
 Handler = Callable[[ClientSetup, Message, Context], Message]
 
 
 @clientapp.train()
 def _client_train(msg: Message, context: Context) -> Message:
-    return answer_privately("FedCoLLM", partial(_with_setup, fedcollm.train), msg, context)
+    return _answer(fedcollm.train, msg, context)
 
 
 @clientapp.query()
 def _client_query(msg: Message, context: Context) -> Message:
-    return answer_privately("FedCoLLM", partial(_with_setup, fedcollm.query), msg, context)
+    return _answer(fedcollm.query, msg, context)
+
+
+def _answer(fedcollm_handler: Handler, msg: Message, context: Context) -> Message:
+    """The reply of this SuperNode's algorithm (its config's ``algorithm``), behind the error
+    boundary; a config that cannot be read fails there too, as the FedCoLLM client's."""
+    algorithm = _algorithm(context.node_config)
+    if algorithm in ("fedcot", "fdkt"):
+        return answer_privately(ALGORITHM_NAMES[algorithm], _answer_text_protocol, msg, context)
+    return answer_privately("FedCoLLM", partial(_with_setup, fedcollm_handler), msg, context)
+
+
+def _algorithm(node_config: dict[str, Any]) -> str:
+    try:
+        return cached_config(str(node_config["config"])).algorithm
+    except Exception:  # the FedCoLLM path reports it inside the boundary
+        return "fedcollm"
 
 
 def _with_setup(handler: Handler, msg: Message, context: Context, partition: int) -> Message:
     return handler(client_setup(context.node_config), msg, context)
 
 
+def _answer_text_protocol(msg: Message, context: Context, partition: int) -> Message:
+    """FedCoT's or FDKT's client app, as in the simulation, over this client's own spec."""
+    return client_app(context.node_config)(msg, context)
+
+
+def client_app(node_config: dict[str, Any]) -> ClientApp:
+    """This SuperNode's FedCoT or FDKT client app (the simulation's handlers), over a spec
+    holding its own rows at its own index (`fedkt.deploy.fedcot.client_spec`,
+    `fedkt.deploy.fdkt.client_spec`)."""
+    node = NodeSetup.of(node_config)
+    key = (node.config_path, node.data, str(node.partition), node.output_dir)
+    if key not in _APPS:
+        config = cached_config(node.config_path)
+        if config.algorithm == "fedcot":
+            _APPS[key] = make_fedcot_client_app(deployed_fedcot.client_spec(config, node))
+        else:
+            _APPS[key] = make_fdkt_client_app(deployed_fdkt.client_spec(config, node))
+    return _APPS[key]
+
+
 def client_setup(node_config: dict[str, Any]) -> ClientSetup:
-    """This SuperNode's ClientSetup: its settings from the fedkt config, its rows from its own
-    file. ``partitions`` holds its rows at its own index and nothing at any other (the
-    handlers read ``partitions[partition-id]``)."""
-    try:
-        config_path, data_path = str(node_config["config"]), str(node_config["data"])
-        partition = int(node_config["partition-id"])
-        output_dir = str(node_config.get("output-dir", ""))
-    except KeyError as err:
-        raise ConfigError(
-            f"this SuperNode's node config lacks {err}; start it with `fedkt client`"
-        ) from err
-    key = (config_path, data_path, str(partition), output_dir)
+    """This SuperNode's FedCoLLM ClientSetup: its settings from the fedkt config, its rows
+    from its own file. ``partitions`` holds its rows at its own index and nothing at any
+    other (the handlers read ``partitions[partition-id]``)."""
+    node = NodeSetup.of(node_config)
+    key = (node.config_path, node.data, str(node.partition), node.output_dir)
     if key not in _SETUPS:
-        _SETUPS[key] = _build_setup(load_config(config_path), data_path, partition, output_dir)
+        _SETUPS[key] = _build_setup(
+            load_config(node.config_path), node.data, node.partition, node.output_dir
+        )
     return _SETUPS[key]
 
 

@@ -1,9 +1,11 @@
-"""`fedkt server` and `fedkt client`: a FedCoLLM run across machines, one command per side.
+"""`fedkt server` and `fedkt client`: a run across machines, one command per side.
 
-The server side starts a SuperLink (unless one runs already), registers the clients' public
-keys, submits the FedCoLLM app with ``flwr run`` and follows its log to the end, then stops
-the SuperLink. A client side becomes one SuperNode (``flower-supernode`` replaces the fedkt
-process) whose node config points its ClientApp at the client's own config and rows.
+The config's ``algorithm`` (FedCoLLM, FedCoT or FDKT) picks what runs; the commands are the
+same for all three. The server side starts a SuperLink (unless one runs already), registers
+the clients' public keys, submits the deployed app (`fedkt.deploy.apps`) with ``flwr run``
+and follows its log to the end, then stops the SuperLink. A client side becomes one
+SuperNode (``flower-supernode`` replaces the fedkt process) whose node config points its
+ClientApp at the client's own config and rows.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import fedkt
 from fedkt.config import FedktConfig
 from fedkt.deploy import launch
-from fedkt.deploy.apps import METHOD, RESULT, deployment_task
+from fedkt.deploy.apps import outcome_file, preflight
 from fedkt.deploy.rows import read_rows
 from fedkt.errors import FedktError
 
@@ -30,7 +32,7 @@ build-backend = "setuptools.build_meta"
 [project]
 name = "fedkt"
 version = "{version}"
-description = "FedCoLLM across machines (fedkt.deploy.apps)"
+description = "FedCoLLM, FedCoT and FDKT across machines (fedkt.deploy.apps)"
 license = {{ text = "Apache-2.0" }}
 dependencies = []
 
@@ -55,16 +57,17 @@ def serve(
     insecure: bool = False,
     superlink_running: bool = False,
 ) -> Path:
-    """Run FedCoLLM over the deployment engine; returns the folder with the outcome."""
+    """Run the config's algorithm over the deployment engine; returns the folder with the
+    outcome (`fedkt.deploy.apps.outcome_file`)."""
     deployment, output = config.deployment, Path(config.output_dir).resolve()
-    task = deployment_task(config)
+    preflight(config)  # one task (and one point), checked before any process starts
     output.mkdir(parents=True, exist_ok=True)
     if insecure:
         _LOG.warning(launch.INSECURE_WARNING)
     flwr_home = Path(os.environ.get("FLWR_HOME") or output / "flwr-home")
     env = launch.flower_env({"FLWR_HOME": str(flwr_home), **_cache_env(config)})
     launch.write_connection(flwr_home, deployment, insecure=insecure)
-    result = output / task / METHOD / RESULT
+    result = outcome_file(config).resolve()
     result.unlink(missing_ok=True)  # an old run's outcome must not pass for this one's
     superlink = None
     with open(output / "superlink.log", "ab") as log:
@@ -102,6 +105,7 @@ def join(
 ) -> None:
     """Become this client's SuperNode (never returns): check the rows file, then replace this
     process with ``flower-supernode``."""
+    preflight(config)
     rows = read_rows(data)  # fail here, not inside the first round
     output = Path(config.output_dir).resolve()
     if insecure:

@@ -112,9 +112,16 @@ class FDKTSpec(ClientRunSpec, PublicFormat):
     lora: LoraSettings
     embedder: str = EMBEDDED_EMBEDDER
     canaries: int = 0
+    deployed: bool = False
 
     def __post_init__(self) -> None:
-        if not self.client_data or any(not part for part in self.client_data):
+        held = sum(1 for part in self.client_data if part)
+        if self.deployed and (not self.client_data or held > 1):
+            raise ConfigError(
+                "FDKTSpec.client_data: a deployed spec counts at least one client and holds "
+                "at most one client's rows (its own)"
+            )
+        if not self.deployed and (not self.client_data or held < len(self.client_data)):
             raise ConfigError(
                 "FDKTSpec.client_data: need at least one client and no empty partition"
             )

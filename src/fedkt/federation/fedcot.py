@@ -133,6 +133,10 @@ class FedCoTSpec(ClientRunSpec):
         train_slm: False stops each client after step 4 (a utility sweep): it recovers and
             grades the rationales and writes its report, but trains and scores no SLM (no
             predictions, no adapter).
+        deployed: a deployment's spec, holding only the rows of the process it runs in: a
+            client's own partition at its index (every other part empty), the server's none
+            (and it needs no ``eval_data``); `num_clients` still counts every client. False
+            (a simulation): every part holds its client's rows.
     """
 
     llm: str
@@ -146,13 +150,20 @@ class FedCoTSpec(ClientRunSpec):
     label_names: tuple[str, ...] = ()
     pattern_reference: tuple[Example, ...] = ()
     train_slm: bool = True
+    deployed: bool = False
 
     def __post_init__(self) -> None:
-        if not self.client_data or any(not part for part in self.client_data):
+        held = sum(1 for part in self.client_data if part)
+        if self.deployed and (not self.client_data or held > 1):
+            raise ConfigError(
+                "FedCoTSpec.client_data: a deployed spec counts at least one client and holds "
+                "at most one client's rows (its own)"
+            )
+        if not self.deployed and (not self.client_data or held < len(self.client_data)):
             raise ConfigError(
                 "FedCoTSpec.client_data: need at least one client and no empty partition"
             )
-        if not self.eval_data:
+        if not self.eval_data and held:
             raise ConfigError("FedCoTSpec.eval_data is empty: give the clients rows to score")
 
     @property

@@ -1,0 +1,165 @@
+"""A loopback federation for the multi-process deployment tests: tiny random models, each
+client's rows in its own file, certificates and SuperNode keys, a config whose
+[deployment] section turns TLS and node authentication on, and the `fedkt server` /
+`fedkt client` processes the README runs, each in its own process group, bounded by
+timeouts and killed (whole group) in `finally`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from conftest import save_tiny_pair
+from fedkt.certs import make_certs
+from fedkt.data import Example
+from fedkt.deploy import launch
+from fedkt.deploy.rows import write_rows
+from fedkt.report import write_jsonl
+
+FEDKT = [sys.executable, "-m", "fedkt.cli"]
+RUN_SECONDS = 150.0
+"""Upper bound on the whole federated run (process starts, imports, the round trips)."""
+
+CLIENT_ROWS = (
+    [("Which gas do plants absorb from the air?", ("carbon dioxide", "helium"), 0),
+     ("What do green plants need to grow?", ("volcanic rock", "bright sunlight"), 1)],
+    [("What is the boiling point of water at sea level?", ("100 degrees", "frozen"), 0),
+     ("Which gas do we breathe in to live?", ("nitrogen only", "fresh oxygen"), 1)],
+)  # fmt: skip
+
+Rows = Sequence[tuple[str, tuple[str, ...], int]]
+
+TASK = "tiny_qa"
+"""A custom multiple-choice task whose only split is the public evaluation rows."""
+EVAL_ROWS = [
+    {"question": q, "choices": list(c), "answer": g}
+    for q, c, g in (
+        ("Which rock is soil made of?", ("weathered rock", "sunlight"), 0),
+        ("What melts ice in spring?", ("warm sun", "cold wind"), 0),
+    )
+]
+
+
+def task_section(root: Path) -> str:
+    """[data] and [tasks.TASK]: `TASK`, its evaluation split written to ``root/eval.jsonl``."""
+    write_jsonl(root / "eval.jsonl", EVAL_ROWS)
+    return (
+        f'[data]\ntasks = ["{TASK}"]\n[tasks.{TASK}]\nkind = "multiple_choice"\n'
+        f'splits = {{ validation = "{root / "eval.jsonl"}" }}\n'
+    )
+
+
+def examples(rows: Rows, tag: str, *, with_question: bool = False) -> list[Example]:
+    return [
+        Example(
+            id=f"{tag}{i}",
+            context=f"Question: {q}\nAnswer:",
+            choices=c,
+            gold=g,
+            question=q if with_question else "",
+        )
+        for i, (q, c, g) in enumerate(rows)
+    ]
+
+
+def deployment_section(root: Path, port: int) -> str:
+    """[deployment] on loopback: TLS with ``root/certs``, both clients' keys registered."""
+    return f"""
+[deployment]
+superlink = "127.0.0.1:{port}"
+ca_cert = "{root / "certs/ca.crt"}"
+server_cert = "{root / "certs/server.crt"}"
+server_key = "{root / "certs/server.key"}"
+node_keys = ["{root / "certs/client0.pub"}", "{root / "certs/client1.pub"}"]
+"""
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Files of one loopback federation: config, rows, certificates and keys."""
+
+    root: Path
+    config: Path
+    certs: Path
+    env: dict[str, str]
+
+    def client_command(self, k: int, *, key: Path, config: Path | None = None) -> list[str]:
+        return [
+            *FEDKT, "client", str(config or self.config),
+            "--data", str(self.root / f"client{k}.jsonl"),
+            "--partition-id", str(k), "--key", str(key), "--max-wait", "60",
+            "--output-dir", str(self.root / f"client{k}-out"),
+        ]  # fmt: skip
+
+
+def make_federation(
+    root: Path,
+    tokenizer: PreTrainedTokenizerFast,
+    config_text: Callable[[Path, int], str],
+    *,
+    with_question: bool = False,
+) -> Federation:
+    """Tiny models ``root/llm`` (3 layers) and ``root/slm`` (2), each client's rows in
+    ``root/client<k>.jsonl``, certificates, and the config ``config_text(root, port)``."""
+    save_tiny_pair(root, tokenizer)
+    for k, rows in enumerate(CLIENT_ROWS):
+        write_rows(root / f"client{k}.jsonl", examples(rows, f"c{k}-", with_question=with_question))
+    certs = make_certs(root / "certs", clients=2).ca_cert.parent
+    config = root / "federation.toml"
+    config.write_text(config_text(root, launch.free_port()), encoding="utf-8")
+    env = launch.flower_env(
+        {"FLWR_HOME": str(root / "flwr-home"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    )
+    return Federation(root, config, certs, env)
+
+
+def start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as handle:
+        return subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+
+def wait_for_line(path: Path, text: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    pytest.fail(f"no {text!r} in {path} within {timeout:.0f} s:\n{tail(path)}")
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def run_deployed(federation: Federation, server_args: Sequence[str] = ()) -> None:
+    """`fedkt server` and two `fedkt client`s, as the README runs them, to the end (server
+    exit status 0). Every process is gone when this returns, or fails."""
+    root, env = federation.root, federation.env
+    server_log = root / "server.log"
+    server = start([*FEDKT, "server", str(federation.config), *server_args], server_log, env)
+    clients: list[subprocess.Popen[bytes]] = []
+    try:
+        wait_for_line(server_log, "SuperNode keys registered", server, timeout=60)
+        for k in range(2):
+            command = federation.client_command(k, key=federation.certs / f"client{k}.key")
+            clients.append(start(command, root / f"client{k}.log", env))
+        try:
+            code = server.wait(timeout=RUN_SECONDS)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the server did not finish in {RUN_SECONDS:.0f} s:\n{tail(server_log)}")
+    finally:
+        for process in [*clients, server]:
+            launch.stop(process, grace=5.0)
+    assert code == 0, tail(server_log)
