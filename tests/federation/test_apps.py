@@ -39,7 +39,7 @@ from fedkt.federation.fedcollm import (
     read_replies,
     simulate_fedcollm,
 )
-from fedkt.models import LoraSettings, adapter_state, add_lora, load_model
+from fedkt.models import LoraSettings, adapter_state, add_lora, load_model, vocabulary_fingerprint
 from fedkt.training import TrainSettings
 
 SETTINGS = FedCoLLMSettings(
@@ -96,11 +96,11 @@ def spec(
 
 
 def _train_message(
-    spec: FederationSpec, partition: int, theta: dict[str, torch.Tensor]
+    spec: FederationSpec, partition: int, theta: dict[str, torch.Tensor], vocabulary: str = ""
 ) -> tuple[Message, Context]:
     # Built from metadata: outside a running ServerApp, Flower has no run id to stamp.
     metadata = Metadata(1, "m1", 0, 7, "", "0", time.time(), 60.0, keys.TRAIN)
-    msg = Message(broadcast_content(theta, 0), metadata=metadata)
+    msg = Message(broadcast_content(theta, 0, vocabulary), metadata=metadata)
     node_config = {"partition-id": partition, "num-partitions": spec.num_clients}
     return msg, Context(
         run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={}
@@ -112,6 +112,21 @@ def _initial_theta(spec: FederationSpec) -> dict[str, torch.Tensor]:
     return adapter_state(
         add_lora(load_model(spec.slm, dtype="float32", device="cpu"), SETTINGS.lora)
     )
+
+
+def test_a_client_refuses_a_server_of_another_vocabulary(
+    spec: FederationSpec, tiny_tokenizer: PreTrainedTokenizerBase, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Adapters of two vocabularies can share every shape and would average silently: the
+    server sends its vocabulary's fingerprint and a client with another one refuses."""
+    theta = _initial_theta(spec)
+    own = vocabulary_fingerprint(tiny_tokenizer)
+    same = client_app.train(spec.client_setup(), *_train_message(spec, 0, theta, own))
+    assert not same.has_error()
+    with caplog.at_level(logging.ERROR):
+        other = client_app.train(spec.client_setup(), *_train_message(spec, 0, theta, "f" * 64))
+    assert other.has_error() and "ModelError" in other.error.reason
+    assert "another vocabulary than the server's" in caplog.text  # the details stay local
 
 
 def test_client_replies_only_its_adapter_and_count_and_loads_the_slm_once(

@@ -57,7 +57,7 @@ from fedkt.algorithms.fedcollm import (
 )
 from fedkt.data import Example
 from fedkt.data.formats import LabelFormat
-from fedkt.errors import ConfigError, FedktError
+from fedkt.errors import ConfigError, FedktError, ModelError
 from fedkt.federation import keys
 from fedkt.federation.boundary import answer_privately
 from fedkt.federation.checkpoint import read_checkpoint, write_checkpoint
@@ -80,6 +80,7 @@ from fedkt.models import (
     add_lora,
     load_adapter_state,
     load_model_and_tokenizer,
+    vocabulary_fingerprint,
 )
 from fedkt.privacy.accounting import check_target
 from fedkt.report import read_json, to_strict_json, write_json
@@ -379,7 +380,9 @@ def train(setup: ClientSetup, msg: Message, context: Context) -> Message:
 
 def _train(setup: ClientSetup, msg: Message, context: Context, partition: int) -> Message:
     slm, tokenizer = _load_slm(setup)
-    round_index = int(msg.content.config_records[keys.CONFIG][keys.ROUND])  # type: ignore[arg-type]
+    config = msg.content.config_records[keys.CONFIG]
+    _check_vocabulary(setup, tokenizer, str(config.get(keys.VOCABULARY, "")))
+    round_index = int(config[keys.ROUND])  # type: ignore[arg-type]
     settings = client_training(setup.train, partition, round_index)
     theta = record_to_adapter(msg.content.array_records[keys.ADAPTER])
     update = client_update(slm, tokenizer, theta, setup.partitions[partition], settings)
@@ -399,6 +402,18 @@ def _train(setup: ClientSetup, msg: Message, context: Context, partition: int) -
         content, setup.max_message_bytes, what=f"reply of partition {partition}"
     )
     return Message(content, reply_to=msg)
+
+
+def _check_vocabulary(setup: ClientSetup, tokenizer: PreTrainedTokenizerBase, server: str) -> None:
+    """Refuse a round whose server SLM has another vocabulary than this client's (its adapters
+    could have the same shapes and average silently); an old server sends no fingerprint."""
+    own = vocabulary_fingerprint(tokenizer)
+    if server and server != own:
+        raise ModelError(
+            f"this client's SLM {setup.slm!r} has another vocabulary than the server's "
+            f"(fingerprint {own[:12]} against {server[:12]}): load the SLM and tokenizer the "
+            "server's config names"
+        )
 
 
 def query(setup: ClientSetup, msg: Message, context: Context) -> Message:
@@ -502,7 +517,8 @@ def _round(
     """Round t, tried once more when too few clients answer (the models are untouched until
     the exchange succeeds); a second short round stops the run with one error."""
     for attempt in (1, 2):
-        exchange = FlowerExchange(grid, nodes, spec, partitions)
+        vocabulary = vocabulary_fingerprint(models.tokenizer)
+        exchange = FlowerExchange(grid, nodes, spec, partitions, vocabulary=vocabulary)
         try:
             return server_round(models, distil_on, spec.settings, t, exchange), exchange
         except ShortRound as err:
@@ -648,8 +664,10 @@ class FlowerExchange:
         spec: FederationSpec,
         partitions: dict[int, int] | None = None,
         sink: Callable[[RecordDict], None] | None = None,
+        vocabulary: str = "",
     ) -> None:
         self.grid, self.nodes, self.limit = grid, nodes, spec.max_message_bytes
+        self.vocabulary = vocabulary  # the server's fingerprint, checked by every client
         self.policy, self.weighted = spec.policy, spec.settings.aggregation == "weighted"
         self.partitions = {} if partitions is None else partitions
         self.sink = sink
@@ -658,7 +676,7 @@ class FlowerExchange:
         self.missing: dict[int, str] = {}
 
     def __call__(self, theta: Adapter, round_index: int) -> Mapping[int, ClientUpdate]:
-        content = broadcast_content(theta, round_index)
+        content = broadcast_content(theta, round_index, self.vocabulary)
         down = keys.check_message_size(content, self.limit, what=f"round {round_index} broadcast")
         if self.policy.secure_aggregation is not None:
             return self._secure(theta, content, round_index, self.policy.secure_aggregation)
@@ -722,14 +740,13 @@ def _node_label(node: int, partitions: Mapping[int, int]) -> str:
     return f"node {node}" if partition is None else f"partition {partition} (node {node})"
 
 
-def broadcast_content(theta: Adapter, round_index: int) -> RecordDict:
-    """What every client receives in round ``round_index``: theta and the round index."""
-    return RecordDict(
-        {
-            keys.ADAPTER: adapter_to_record(theta),
-            keys.CONFIG: ConfigRecord({keys.ROUND: round_index}),
-        }
-    )
+def broadcast_content(theta: Adapter, round_index: int, vocabulary: str = "") -> RecordDict:
+    """What every client receives in round ``round_index``: theta, the round index and (when
+    given) the fingerprint of the server's vocabulary, which each client checks."""
+    config = ConfigRecord({keys.ROUND: round_index})
+    if vocabulary:
+        config[keys.VOCABULARY] = vocabulary
+    return RecordDict({keys.ADAPTER: adapter_to_record(theta), keys.CONFIG: config})
 
 
 def read_replies(

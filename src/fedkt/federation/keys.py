@@ -60,6 +60,12 @@ ROUND = "round"
 """int in CONFIG: the round index t; clients offset their training seed by it. FedCoLLM
 replies repeat it in COUNTS: the server drops a reply of any other round."""
 
+VOCABULARY = "vocabulary"
+"""str in CONFIG: the sha256 fingerprint of the server's SLM vocabulary
+(`fedkt.models.vocabulary_fingerprint`, public: it describes a public tokenizer). A client
+whose own tokenizer differs refuses the round: adapters of two vocabularies can have the same
+shapes and would average silently into nonsense."""
+
 WEIGHTED = "weighted"
 """bool in CONFIG, secure aggregation only: the client masks n_k * theta_k ("weighted"
 aggregation) instead of theta_k (uniform), so the server's sum divides into the right mean."""
