@@ -96,9 +96,12 @@ def _sweep_config(base: FedktConfig, out: Path, strategies: list[str]) -> FedktC
 
 
 def _train_config(base: FedktConfig, out: Path, knees: dict[str, float]) -> FedktConfig:
+    """The baselines, and FedCoT trained at each knee (none found: the baselines only)."""
+    baselines = base.fedcot.baselines if knees else ("zero_shot", "standalone", "cot_upper_bound")
     fedcot = with_overrides(
         base.fedcot,
-        strategies=tuple(knees),
+        baselines=baselines,
+        strategies=tuple(knees) or base.fedcot.strategies,
         grids={strategy: (eps,) for strategy, eps in knees.items()},
     )
     return with_overrides(base, output_dir=str(out), fedcot=fedcot)
@@ -110,14 +113,13 @@ def _knees(baselines: dict[str, Any], best: str | None) -> dict[str, float]:
     among those whose neighbours are any two candidate tokens (CusText's guarantee covers
     only words of one cluster, so its eps is not comparable)."""
     found = {s: f for s, f in half_gain(baselines).items() if f["eps"] is not None}
-    if "em" not in found:
-        raise SystemExit("no EM point of the sweep reaches half the non-private gain")
     if best is None:
         others = [s for s in found if s not in ("em", "custext")]
-        if not others:
-            return {"em": found["em"]["eps"]}
-        best = min(others, key=lambda s: _prompt_eps(baselines, s, found[s]["eps"]))
-    return {"em": found["em"]["eps"], best: found[best]["eps"]}
+        best = min(others, key=lambda s: _prompt_eps(baselines, s, found[s]["eps"]), default=None)
+    knees = {s: found[s]["eps"] for s in ("em", best) if s in found}
+    for strategy in {"em", best} - set(knees) - {None}:
+        print(f"{strategy}: no point of the sweep reaches half the non-private gain; not trained")
+    return knees
 
 
 def _prompt_eps(baselines: dict[str, Any], strategy: str, eps: float) -> float:

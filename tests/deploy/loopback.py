@@ -8,8 +8,6 @@ timeouts and killed (whole group) in `finally`.
 from __future__ import annotations
 
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +18,11 @@ from transformers import PreTrainedTokenizerFast
 from conftest import save_tiny_pair
 from fedkt.certs import make_certs
 from fedkt.data import Example
-from fedkt.deploy import launch
+from fedkt.deploy import launch, local
 from fedkt.deploy.rows import write_rows
+from fedkt.errors import FedktError
 from fedkt.report import write_jsonl
 
-FEDKT = [sys.executable, "-m", "fedkt.cli"]
 RUN_SECONDS = 150.0
 """Upper bound on the whole federated run (process starts, imports, the round trips)."""
 
@@ -92,12 +90,13 @@ class Federation:
     env: dict[str, str]
 
     def client_command(self, k: int, *, key: Path, config: Path | None = None) -> list[str]:
-        return [
-            *FEDKT, "client", str(config or self.config),
-            "--data", str(self.root / f"client{k}.jsonl"),
-            "--partition-id", str(k), "--key", str(key), "--max-wait", "60",
-            "--output-dir", str(self.root / f"client{k}-out"),
-        ]  # fmt: skip
+        return local.client_command(
+            config or self.config,
+            data=self.root / f"client{k}.jsonl",
+            partition=k,
+            key=key,
+            output_dir=self.root / f"client{k}-out",
+        )
 
 
 def make_federation(
@@ -122,44 +121,27 @@ def make_federation(
 
 
 def start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as handle:
-        return subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+    return local.start_logged(command, log, env)
 
 
-def wait_for_line(path: Path, text: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in path.read_text(errors="replace"):
-            return
-        if process.poll() is not None:
-            break
-        time.sleep(0.2)
-    pytest.fail(f"no {text!r} in {path} within {timeout:.0f} s:\n{tail(path)}")
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+tail = local.tail
 
 
 def run_deployed(federation: Federation, server_args: Sequence[str] = ()) -> None:
     """`fedkt server` and two `fedkt client`s, as the README runs them, to the end (server
     exit status 0). Every process is gone when this returns, or fails."""
-    root, env = federation.root, federation.env
-    server_log = root / "server.log"
-    server = start([*FEDKT, "server", str(federation.config), *server_args], server_log, env)
-    clients: list[subprocess.Popen[bytes]] = []
+    root = federation.root
+    server = [*local.server_command(federation.config), *server_args]
+    clients = [
+        federation.client_command(k, key=federation.certs / f"client{k}.key") for k in range(2)
+    ]
     try:
-        wait_for_line(server_log, "SuperNode keys registered", server, timeout=60)
-        for k in range(2):
-            command = federation.client_command(k, key=federation.certs / f"client{k}.key")
-            clients.append(start(command, root / f"client{k}.log", env))
-        try:
-            code = server.wait(timeout=RUN_SECONDS)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the server did not finish in {RUN_SECONDS:.0f} s:\n{tail(server_log)}")
-    finally:
-        for process in [*clients, server]:
-            launch.stop(process, grace=5.0)
-    assert code == 0, tail(server_log)
+        run = local.launch_local_federation(
+            server, clients, env=federation.env, log_dir=root, timeout=RUN_SECONDS,
+            ready="SuperNode keys registered",
+        )  # fmt: skip
+    except FedktError as err:
+        pytest.fail(str(err))
+    if run.returncode is None:
+        pytest.fail(f"the server did not finish in {RUN_SECONDS:.0f} s:\n{tail(run.server_log)}")
+    assert run.returncode == 0, tail(run.server_log)
