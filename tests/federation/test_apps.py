@@ -249,10 +249,11 @@ def test_every_round_matches_the_in_process_protocol(
 
 
 def test_bytes_are_counted_per_client_and_direction(
-    simulated: tuple[FederationResult, list[Message]],
+    simulated: tuple[FederationResult, list[Message]], tiny_tokenizer: PreTrainedTokenizerBase
 ) -> None:
     result, sent = simulated
-    theta_down = payload_bytes(broadcast_content(result.slm_adapter, 0))
+    vocabulary = vocabulary_fingerprint(tiny_tokenizer)  # sent down with theta
+    theta_down = payload_bytes(broadcast_content(result.slm_adapter, 0, vocabulary))
     for record in result.rounds:
         assert set(record.bytes_down) == set(record.bytes_up) == {0, 1}  # partition ids
         assert set(record.bytes_down.values()) == {theta_down}  # same shapes as what was sent
