@@ -141,9 +141,11 @@ def _reuse_answers(sweep: Path, train: Path) -> None:
 def _write(out: Path, seconds: float) -> dict[str, Any]:
     merged: dict[str, Any] = {
         "budget": (
-            "2 CPU cores, no GPU (no device was lent to this task); one sweep point (100 "
-            "server rationales and 100 recoveries of <= 96 tokens) takes ~3 min, a trained "
-            "point ~5 min more"
+            "2 CPU cores, no GPU (no device was lent to this task); measured: one sweep "
+            "point (100 server rationales and 100 recoveries of <= 64 tokens) 124-577 s "
+            "(median ~210 s, more when other jobs shared the cores), a trained point ~6 min, "
+            "the 5-method train phase 23 min; AEM and the paraphrase were not swept (next "
+            "chunk: --phase sweep --strategies aem paraphrase)"
         ),
         "config": str(CONFIG.relative_to(REPO)),
         "wall_seconds_this_call": round(seconds, 1),
