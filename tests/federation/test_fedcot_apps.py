@@ -95,18 +95,26 @@ def _spec(root: Path, tmp: pytest.TempPathFactory, **changes: Any) -> FedCoTSpec
     return dataclasses.replace(spec, **changes)
 
 
-@pytest.fixture(scope="module")
-def simulated(
-    tmp_path_factory: pytest.TempPathFactory, models_root: Path
-) -> Iterator[tuple[FedCoTSpec, FedCoTResult, list[Message]]]:
-    spec = _spec(models_root, tmp_path_factory)
-    recorder = Recorder(tmp_path_factory.mktemp("sent"))
+def _simulate_recorded(
+    spec: FedCoTSpec, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> tuple[FedCoTResult, list[Message]]:
+    """One simulated FedCoT run (Flower isolated in a fresh home) and every message the
+    clients sent."""
+    recorder = Recorder(tmp_path_factory.mktemp(name))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
         env.setenv("FLWR_TELEMETRY_ENABLED", "0")
         env.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
         result = simulate_fedcot(spec, client_mods=[recorder])
-    yield spec, result, recorder.messages()
+    return result, recorder.messages()
+
+
+@pytest.fixture(scope="module")
+def simulated(
+    tmp_path_factory: pytest.TempPathFactory, models_root: Path
+) -> Iterator[tuple[FedCoTSpec, FedCoTResult, list[Message]]]:
+    spec = _spec(models_root, tmp_path_factory)
+    yield (spec, *_simulate_recorded(spec, tmp_path_factory, "sent"))
 
 
 def test_one_round_trip_runs_end_to_end(
@@ -241,13 +249,7 @@ def simulated_paraphrase(
         models_root, tmp_path_factory, settings=settings, train_slm=False,
         predictions_dir=str(predictions), artefacts_dir=str(predictions),
     )  # fmt: skip
-    recorder = Recorder(tmp_path_factory.mktemp("sent-paraphrase"))
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
-        env.setenv("FLWR_TELEMETRY_ENABLED", "0")
-        env.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
-        result = simulate_fedcot(spec, client_mods=[recorder])
-    yield spec, result, recorder.messages()
+    yield (spec, *_simulate_recorded(spec, tmp_path_factory, "sent-paraphrase"))
 
 
 def test_paraphrasing_clients_send_fixed_length_paraphrases_and_nothing_else(
