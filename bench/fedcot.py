@@ -144,8 +144,8 @@ def _write(out: Path, seconds: float) -> dict[str, Any]:
             "2 CPU cores, no GPU (no device was lent to this task); measured: one sweep "
             "point (100 server rationales and 100 recoveries of <= 64 tokens) 124-577 s "
             "(median ~210 s, more when other jobs shared the cores), a trained point ~6 min, "
-            "the 5-method train phase 23 min; AEM and the paraphrase were not swept (next "
-            "chunk: --phase sweep --strategies aem paraphrase)"
+            "the 5-method train phase 23 min; AEM and the paraphrase were swept in a second "
+            "chunk (--phase sweep --strategies aem paraphrase, ~30 min)"
         ),
         "config": str(CONFIG.relative_to(REPO)),
         "wall_seconds_this_call": round(seconds, 1),
