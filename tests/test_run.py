@@ -141,7 +141,7 @@ def test_run_compares_all_five_baselines_and_no_public_fedcollm_end_to_end(
         "eps = 8.0\ndelta = 1e-2\ndp_batch_size = 2\ndp_max_length = 48\nper_label = 2\n"
         'synthesis_tokens = 12\nmin_words = 1\nlabel_field = "Topic"\n'
         f'[federation]\nllm = "{llm}"\nslm = "{slm}"\nclients = 2\n'
-        f"baselines = {json.dumps([*BASELINES, 'fedcollm_dp_aux'])}\n"
+        f"baselines = {json.dumps([*BASELINES, 'fedcollm_min_ce', 'fedcollm_dp_aux'])}\n"
         f"client_cpus = {os.cpu_count() or 1}\n"  # one Ray actor: one torch import
     )
     assert main(["run", str(config)]) == 0
@@ -149,7 +149,7 @@ def test_run_compares_all_five_baselines_and_no_public_fedcollm_end_to_end(
     entry = json.loads((out / "results.json").read_text())["tasks"]["ag_news"]
     assert entry["rows"] == {"clients": [5, 5], "public": 5, "dev": 200, "eval": 8}
     runs = entry["baselines"]
-    assert list(runs) == [*BASELINES, "fedcollm_dp_aux"]
+    assert list(runs) == [*BASELINES, "fedcollm_min_ce", "fedcollm_dp_aux"]
     assert runs["standalone"]["llm"] is None and len(runs["standalone"]["clients"]) == 2
     for name in BASELINES:
         slm = runs[name]["slm"]
@@ -181,6 +181,12 @@ def test_run_compares_all_five_baselines_and_no_public_fedcollm_end_to_end(
     server_ce = runs["fedavg_server_ce"]["rounds"][0]["metrics"]
     assert server_ce["server_ce_steps"] == 2 and "distil_loss" not in server_ce  # kd_steps
 
+    selective = runs["fedcollm_min_ce"]["rounds"][0]["metrics"]  # each row, one direction
+    assert 0.0 <= selective["distil_llm_kd_share"] <= 1.0
+    assert runs["fedcollm"]["rounds"][0]["metrics"]["distil_llm_kd_share"] == 1.0
+    for claim in ("SLM fedcollm_min_ce >= fedavg - 1 pt", "SLM fedcollm_min_ce > fedavg"):
+        assert claims[claim]["n"] == 8
+
     no_public = runs["fedcollm_dp_aux"]  # D_a: the clients' DP synthetic samples
     privacy = no_public["privacy"]
     assert (privacy["target_epsilon"], privacy["delta"]) == (8.0, 1e-2)
@@ -204,6 +210,7 @@ def test_run_compares_all_five_baselines_and_no_public_fedcollm_end_to_end(
     folder = out / "ag_news"
     for method, adapters in {
         "fedcollm": ("llm", "slm"),
+        "fedcollm_min_ce": ("llm", "slm"),
         "fedcollm_dp_aux": ("llm", "slm"),
         "fedavg": ("slm",),
         "fedavg_server_ce": ("slm",),

@@ -60,6 +60,7 @@ Baseline = Literal[
     "fedavg_server_ce",
     "centralized",
     "fedcollm",
+    "fedcollm_min_ce",
     "fedcollm_dp_aux",
 ]
 BASELINES: tuple[Baseline, ...] = (
@@ -75,7 +76,8 @@ them, plus ``fedavg_server_ce`` (FedAvg whose server also fine-tunes the aggrega
 with plain cross-entropy on the public set D_a each round, no LLM): FedCoLLM's SLM sees D_a's
 labels too, so only "fedcollm > fedavg_server_ce" credits the distillation rather than the extra
 labelled rows. ``fedcollm_dp_aux`` (FedCoLLM without public data: its auxiliary set is the
-clients' DP synthetic samples) runs only when named."""
+clients' DP synthetic samples) and ``fedcollm_min_ce`` (FedCoLLM with selective distillation,
+beside the paper's on the same rows) run only when named."""
 
 _FEDCOLLM = FedCoLLMSettings()
 _SECAGG = SecAggSettings()  # the defaults of [fedcollm] are the protocol's own

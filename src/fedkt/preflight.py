@@ -58,8 +58,9 @@ def check_run(config: FedktConfig) -> None:
         resolve_embedder(config.fdkt.embedder)  # the embedded one: its package is installed
         if config.fdkt.generator:
             models.append(config.fdkt.generator)
-    distils = {"fedcollm", "fedcollm_dp_aux"} & set(federation.baselines)
-    if config.algorithm == "fedcollm" and config.fedcollm.generator and distils:
+    distils = {"fedcollm", "fedcollm_min_ce", "fedcollm_dp_aux"} & set(federation.baselines)
+    generates = {"fedcollm", "fedcollm_dp_aux"} & set(federation.baselines)
+    if config.algorithm == "fedcollm" and config.fedcollm.generator and generates:
         models.append(config.fedcollm.generator)
     _check(config, ["train"], models, carves_dev=True)
     if config.algorithm == "fedcollm" and distils:

@@ -13,6 +13,11 @@ Beyond the paper's five, ``fedavg_server_ce`` is FedAvg whose server fine-tunes 
 SLM adapter with plain cross-entropy on the public part D_a each round (no LLM): FedCoLLM's
 SLM sees D_a's labels too, so "fedcollm > fedavg_server_ce" is what credits the distillation.
 
+Beyond the paper, ``fedcollm_min_ce`` is FedCoLLM with selective distillation (each side
+learns only on the public rows where the other has the lower gold-answer CE), run beside the
+paper's ``fedcollm``: it should keep FedCoLLM's gain where the LLM is the stronger model and
+stay non-inferior to FedAvg where the client SLM has outgrown the LLM.
+
 Beyond the paper, ``fedcollm_dp_aux`` is FedCoLLM without public data: the server distils on
 the clients' DP synthetic samples instead of the public part (classification tasks), run
 beside ``fedcollm`` on the same rows; its "privacy" entry holds the eps each client's
@@ -75,6 +80,10 @@ CLAIMS = (
     Claim("slm", "fedcollm", "zero_shot"),
     Claim("llm", "fedcollm", "zero_shot"),
     Claim("llm", "fedcollm", "centralized", non_inferior=True),
+    Claim("slm", "fedcollm_min_ce", "fedavg"),
+    Claim("slm", "fedcollm_min_ce", "fedavg", non_inferior=True),
+    Claim("slm", "fedcollm_min_ce", "fedcollm", non_inferior=True),
+    Claim("llm", "fedcollm_min_ce", "fedcollm", non_inferior=True),
     Claim("slm", "fedcollm_dp_aux", "fedcollm", non_inferior=True),
     Claim("llm", "fedcollm_dp_aux", "fedcollm", non_inferior=True),
     Claim("slm", "fedcollm_dp_aux", "fedavg"),
@@ -85,7 +94,8 @@ the LLM after FedCoLLM keeps (nearly) centralized accuracy. Beyond the paper: Fe
 beats FedAvg with server-side cross-entropy on D_a too (the distillation, not D_a's labels
 alone, makes the gain); without public data, FedCoLLM on DP synthetic samples keeps (nearly)
 the accuracy of FedCoLLM on the public part, and still beats FedAvg (SLM) and zero-shot
-(LLM)."""
+(LLM). Selective distillation beats FedAvg where FedCoLLM does, is non-inferior to it where
+the LLM is the weaker model, and loses nothing (SLM or LLM) against the paper's FedCoLLM."""
 
 
 @dataclass
@@ -328,6 +338,15 @@ def fedcollm(run: FedCoLLMTask) -> Outcome:
     return _cotune(run, "fedcollm", run.settings)
 
 
+def fedcollm_min_ce(run: FedCoLLMTask) -> Outcome:
+    """FedCoLLM with selective distillation (``kd_selection = "min_ce"``) beside the paper's
+    ``fedcollm`` on the same rows: each model distils from the other only on the public rows
+    where the other has the lower gold-answer cross-entropy, so a weaker teacher cannot pull a
+    stronger student down (FedMKT's selection)."""
+    settings = dataclasses.replace(run.settings, kd_selection="min_ce")
+    return _cotune(run, "fedcollm_min_ce", settings)
+
+
 def fedcollm_dp_aux(run: FedCoLLMTask) -> Outcome:
     """FedCoLLM without public data: before round 1 every client DP-trains a generator on its
     rows and sends synthetic (label, text) pairs, the server's D_a for every round."""
@@ -363,6 +382,7 @@ METHODS: dict[str, Callable[[FedCoLLMTask], Outcome]] = {
     "fedavg_server_ce": fedavg_server_ce,
     "centralized": centralized,
     "fedcollm": fedcollm,
+    "fedcollm_min_ce": fedcollm_min_ce,
     "fedcollm_dp_aux": fedcollm_dp_aux,
 }
 
