@@ -244,6 +244,12 @@ def _deployment_commands(commands: Any) -> list[argparse.ArgumentParser]:
         "--max-wait", type=float, help="give up after this many seconds without the SuperLink"
     )
     client.add_argument("--output-dir", help="where this client's own reports are written")
+    client.add_argument(
+        "--no-worker", dest="worker", action="store_false",
+        help="no long-lived worker beside the SuperNode: each message (round) imports torch "
+        "and loads the client's models again, in the process Flower starts for it (default: a "
+        "worker keeps them loaded; its counts in OUTPUT_DIR/client-worker-K/worker.json)",
+    )  # fmt: skip
     client.set_defaults(handler=_client, task=None, limit=None, data_dir=None)
     for command in (server, client):
         command.add_argument(
@@ -506,8 +512,9 @@ def _client(config: FedktConfig, args: argparse.Namespace) -> int:
         key=args.key,
         insecure=args.insecure,
         max_wait=args.max_wait,
+        worker=args.worker,
     )
-    return 0  # not reached: the SuperNode replaces this process
+    return 0  # the SuperNode exited (with --no-worker it replaced this process)
 
 
 def _eps_cell(eps: float | None) -> str:

@@ -1,8 +1,9 @@
 """FedCoLLM across processes on Flower's deployment engine, on loopback: `fedkt server`
 (a SuperLink with TLS and SuperNode authentication, the ServerApp) and two `fedkt client`
-SuperNodes, each a separate process group reading only its own rows file. One round with
-tiny random models must give the adapters of the in-process protocol; a SuperNode that does
-not trust the SuperLink's certificate, or whose key is not registered, is refused.
+SuperNodes, each a separate process group reading only its own rows file. Two rounds with
+tiny random models must give the adapters of the in-process protocol, each client's worker
+having loaded its SLM once; a SuperNode that does not trust the SuperLink's certificate, or
+whose key is not registered, is refused.
 
 Every process is bounded (timeouts) and its whole group killed in `finally`.
 """
@@ -27,8 +28,10 @@ from fedkt.config import load_config
 from fedkt.deploy import launch
 from fedkt.deploy.apps import METHOD, RESULT, server_spec
 from fedkt.deploy.rows import read_rows, write_rows
+from fedkt.deploy.worker import KEY, SOCKET, STATS
 from fedkt.federation.checkpoint import read_checkpoint
 from fedkt.models import add_lora, load_model
+from fedkt.report import read_json
 
 PUBLIC_ROWS = [("Which rock is soil made of?", ("weathered rock", "sunlight"), 0)] * 2
 
@@ -55,7 +58,7 @@ llm = "{root / "llm"}"
 slm = "{root / "slm"}"
 clients = 2
 [fedcollm]
-rounds = 1
+rounds = 2
 kd_steps = 2
 kd_batch_size = 2
 llm_lr = 1e-2
@@ -81,7 +84,7 @@ def deployed(federation: Federation) -> Path:
     return federation.root / "server-out" / "arc_easy" / METHOD
 
 
-def test_one_deployed_round_equals_the_in_process_protocol(
+def test_two_deployed_rounds_equal_the_in_process_protocol(
     federation: Federation, deployed: Path
 ) -> None:
     adapters, state = read_checkpoint(deployed / RESULT)
@@ -90,14 +93,27 @@ def test_one_deployed_round_equals_the_in_process_protocol(
     models = spec.load_server_models()
     slm = add_lora(load_model(spec.slm, dtype="float32", device="cpu"), spec.settings.lora)
     clients = [LocalClient(slm, read_rows(federation.root / f"client{k}.jsonl")) for k in range(2)]
-    reference = run_round(models, clients, spec.public_data, spec.settings, round_index=0)
+    for t in range(2):
+        reference = run_round(models, clients, spec.public_data, spec.settings, round_index=t)
     assert adapters["slm"].keys() == reference.adapter.keys()
     for key, tensor in reference.adapter.items():
         torch.testing.assert_close(adapters["slm"][key], tensor, msg=key)
     assert "llm" in adapters
-    [record] = state["rounds"]
-    assert record["metrics"]["clients"] == 2 and record["metrics"]["client_examples"] == 4
-    assert set(record["bytes_up"]) == {"0", "1"}  # JSON keys: partition ids
+    assert [r["round"] for r in state["rounds"]] == [0, 1]
+    for record in state["rounds"]:
+        assert record["metrics"]["clients"] == 2 and record["metrics"]["client_examples"] == 4
+        assert set(record["bytes_up"]) == {"0", "1"}  # JSON keys: partition ids
+
+
+def test_each_client_worker_loaded_its_slm_once(federation: Federation, deployed: Path) -> None:
+    """Flower starts a process per message; the worker beside each SuperNode answered both
+    rounds with the SLM it loaded in the first, and removed its socket and key on exit."""
+    for k in range(2):
+        folder = federation.root / f"client{k}-out" / f"client-worker-{k}"
+        stats = read_json(folder / STATS)
+        assert stats["messages"] == 2 and stats["model_loads"] == 1, stats
+        assert [s["model_loads"] for s in stats["served"]] == [1, 0]
+        assert not (folder / SOCKET).exists() and not (folder / KEY).exists()
 
 
 def test_each_client_reads_only_its_own_rows(federation: Federation, deployed: Path) -> None:

@@ -15,9 +15,11 @@ FedCoT and FDKT: their server functions and client apps, `fedkt.deploy.fedcot`,
   error reply quotes no data.
 
 Flower 1.41 starts one ``flwr-clientapp`` process per message (SuperNode ``--isolation
-subprocess``, the default, and ``process`` alike): the client loads its models once per
-message, not once per run. `_SETUPS` and `_APPS` cache the setup should Flower ever reuse a
-process.
+subprocess``, the default, and ``process`` alike), which would load the client's models once
+per message. So when the node config names a worker (``worker``: `fedkt client` starts one
+unless ``--no-worker``), the ClientApp forwards each message to that long-lived process
+(`fedkt.deploy.worker`), which runs `answer` with the models still loaded (`_SETUPS`,
+`_APPS` and the algorithms' model caches live there); without one it runs `answer` itself.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from fedkt.data import Example
 from fedkt.data.formats import LabelFormat
 from fedkt.deploy import fdkt as deployed_fdkt
 from fedkt.deploy import fedcot as deployed_fedcot
+from fedkt.deploy import worker
 from fedkt.deploy.common import (
     ALGORITHM_NAMES,
     OUTCOME,
@@ -232,12 +235,35 @@ Handler = Callable[[ClientSetup, Message, Context], Message]
 
 @clientapp.train()
 def _client_train(msg: Message, context: Context) -> Message:
-    return _answer(fedcollm.train, msg, context)
+    return _reply("train", msg, context)
 
 
 @clientapp.query()
 def _client_query(msg: Message, context: Context) -> Message:
-    return _answer(fedcollm.query, msg, context)
+    return _reply("query", msg, context)
+
+
+_HANDLERS: dict[str, Handler] = {"train": fedcollm.train, "query": fedcollm.query}
+
+
+def answer(kind: str, msg: Message, context: Context) -> Message:
+    """The reply to a ``kind`` ("train"/"query") message, computed in this process (the
+    inline ClientApp's and the worker's code alike)."""
+    return _answer(_HANDLERS[kind], msg, context)
+
+
+def _reply(kind: str, msg: Message, context: Context) -> Message:
+    """`answer`, from this SuperNode's worker when `fedkt client` started one. A worker that
+    is unreachable or dies fails this message alone, behind the error boundary."""
+    folder = context.node_config.get(worker.NODE_CONFIG_KEY)
+    if not folder:
+        return answer(kind, msg, context)
+    name = ALGORITHM_NAMES.get(_algorithm(context.node_config), "FedCoLLM")
+    return answer_privately(name, partial(_forwarded, Path(str(folder)), kind), msg, context)
+
+
+def _forwarded(folder: Path, kind: str, msg: Message, context: Context, partition: int) -> Message:
+    return worker.forward(folder, kind, msg, context)
 
 
 def _answer(fedcollm_handler: Handler, msg: Message, context: Context) -> Message:

@@ -3,21 +3,27 @@
 The config's ``algorithm`` (FedCoLLM, FedCoT or FDKT) picks what runs; the commands are the
 same for all three. The server side starts a SuperLink (unless one runs already), registers
 the clients' public keys, submits the deployed app (`fedkt.deploy.apps`) with ``flwr run``
-and follows its log to the end, then stops the SuperLink. A client side becomes one
-SuperNode (``flower-supernode`` replaces the fedkt process) whose node config points its
-ClientApp at the client's own config and rows.
+and follows its log to the end, then stops the SuperLink. A client side runs one SuperNode
+(``flower-supernode``) whose node config points its ClientApp at the client's own config and
+rows, and beside it the client's worker (`fedkt.deploy.worker`), which keeps the models loaded
+across rounds; both stop when the command does. With ``worker=False`` the SuperNode replaces
+the fedkt process, and each message loads the models again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import fedkt
 from fedkt.config import FedktConfig
 from fedkt.deploy import launch
+from fedkt.deploy import worker as client_worker
 from fedkt.deploy.apps import outcome_file, preflight
 from fedkt.deploy.rows import read_rows
 from fedkt.errors import FedktError
@@ -102,9 +108,11 @@ def join(
     key: str | None = None,
     insecure: bool = False,
     max_wait: float | None = None,
+    worker: bool = True,
 ) -> None:
-    """Become this client's SuperNode (never returns): check the rows file, then replace this
-    process with ``flower-supernode``."""
+    """Run this client's SuperNode until it exits or this command is stopped: check the rows
+    file, start the worker (unless ``worker`` is False: then ``flower-supernode`` replaces
+    this process), then the SuperNode; stop both on the way out."""
     preflight(config)
     rows = read_rows(data)  # fail here, not inside the first round
     output = Path(config.output_dir).resolve()
@@ -117,6 +125,9 @@ def join(
         "data": str(Path(data).resolve()),
         "output-dir": str(output),
     }
+    folder = client_worker.folder_for(output, partition) if worker else None
+    if folder is not None:
+        node_config[client_worker.NODE_CONFIG_KEY] = str(folder)
     command = launch.supernode_command(
         config.deployment,
         node_config,
@@ -126,14 +137,72 @@ def join(
         max_wait=max_wait,
     )
     flwr_home = Path(os.environ.get("FLWR_HOME") or output / "flwr-home")
-    env = launch.flower_env({"FLWR_HOME": str(flwr_home), **_cache_env(config)})
+    env = launch.flower_env({"FLWR_HOME": str(flwr_home), **_cache_env(config), **_poll_env()})
     _LOG.info(
         "client %d: %d rows from %s, joining %s", partition, len(rows), data,
         config.deployment.superlink,
     )  # fmt: skip
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(command[0], command, env)
+    if folder is None:
+        os.execve(command[0], command, env)
+    stats = output / f"client-worker-{partition}" / client_worker.STATS
+    _run_beside_worker(command, env, folder, stats)
+
+
+_POLL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+
+
+def _poll_env() -> dict[str, str]:
+    """Flower's SuperExec asks its SuperNode for the next message every second by default
+    (``run_superexec.py``), a wait each message pays before its ClientApp process starts;
+    with the models kept in the worker that wait would be a round's largest cost on small
+    models. Flower accepts 0.01 to 60 s; an interval set in the environment stays."""
+    return {_POLL: os.environ.get(_POLL, "0.2")}
+
+
+def _run_beside_worker(command: list[str], env: dict[str, str], folder: Path, stats: Path) -> None:
+    """The worker, then the SuperNode, until the SuperNode exits or this command is stopped
+    (Ctrl-C, SIGTERM, SIGHUP); both are stopped on the way out, every wait bounded."""
+    client_worker.prepare(folder)
+    stats.parent.mkdir(parents=True, exist_ok=True)
+    stats.unlink(missing_ok=True)  # an earlier run's counts must not pass for this one's
+    previous = {sig: signal.signal(sig, _interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    helper = supernode = None
+    try:
+        helper = client_worker.start(folder, stats, env)
+        supernode = subprocess.Popen(
+            command, env=env, start_new_session=True, preexec_fn=launch.die_with_parent
+        )
+        code = _wait(supernode, helper)
+    finally:
+        if supernode is not None:
+            launch.stop(supernode, grace=5.0)
+        if helper is not None:
+            client_worker.stop(helper, folder)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code != 0:
+        raise FedktError(f"the SuperNode exited with status {code}; see the lines above")
+
+
+def _wait(supernode: subprocess.Popen[bytes], helper: subprocess.Popen[bytes]) -> int:
+    """The SuperNode's exit status; says once if the worker ends first."""
+    warned = False
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return supernode.wait(timeout=1.0)
+        if not warned and helper.poll() is not None:
+            _LOG.error(
+                "the client's worker exited with status %s: every message fails until you "
+                "restart `fedkt client`", helper.returncode,
+            )  # fmt: skip
+            warned = True
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """SIGTERM and SIGHUP end `fedkt client` as Ctrl-C does, so its children are stopped."""
+    raise KeyboardInterrupt
 
 
 def app_dir(output: Path) -> Path:

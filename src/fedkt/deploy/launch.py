@@ -235,6 +235,16 @@ def supernode_command(
     return command
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child that must not outlive the fedkt command that started it, even
+    when that one is killed (Linux: ``PR_SET_PDEATHSIG`` sends it SIGTERM; elsewhere
+    nothing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as probe:
