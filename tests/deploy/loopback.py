@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from transformers import PreTrainedTokenizerFast
@@ -46,13 +47,19 @@ EVAL_ROWS = [
 ]
 
 
-def task_section(root: Path) -> str:
-    """[data] and [tasks.TASK]: `TASK`, its evaluation split written to ``root/eval.jsonl``."""
-    write_jsonl(root / "eval.jsonl", EVAL_ROWS)
-    return (
-        f'[data]\ntasks = ["{TASK}"]\n[tasks.{TASK}]\nkind = "multiple_choice"\n'
-        f'splits = {{ validation = "{root / "eval.jsonl"}" }}\n'
-    )
+def task_section(
+    root: Path,
+    *,
+    task: str = TASK,
+    rows: Sequence[dict[str, Any]] = EVAL_ROWS,
+    settings: str = 'kind = "multiple_choice"',
+    splits: Sequence[str] = ("validation",),
+) -> str:
+    """[data] and [tasks.<task>] (default `TASK`): its ``settings`` (kind, fields) and the
+    public ``rows`` written to ``root/eval.jsonl``, the file of each of ``splits``."""
+    write_jsonl(root / "eval.jsonl", rows)
+    files = ", ".join(f'{split} = "{root / "eval.jsonl"}"' for split in splits)
+    return f'[data]\ntasks = ["{task}"]\n[tasks.{task}]\n{settings}\nsplits = {{ {files} }}\n'
 
 
 def examples(rows: Rows, tag: str, *, with_question: bool = False) -> list[Example]:
@@ -105,12 +112,19 @@ def make_federation(
     config_text: Callable[[Path, int], str],
     *,
     with_question: bool = False,
+    client_rows: Sequence[Sequence[Example]] | None = None,
 ) -> Federation:
     """Tiny models ``root/llm`` (3 layers) and ``root/slm`` (2), each client's rows in
-    ``root/client<k>.jsonl``, certificates, and the config ``config_text(root, port)``."""
+    ``root/client<k>.jsonl`` (``client_rows``, default `CLIENT_ROWS`' examples),
+    certificates, and the config ``config_text(root, port)``."""
     save_tiny_pair(root, tokenizer)
-    for k, rows in enumerate(CLIENT_ROWS):
-        write_rows(root / f"client{k}.jsonl", examples(rows, f"c{k}-", with_question=with_question))
+    if client_rows is None:
+        client_rows = [
+            examples(rows, f"c{k}-", with_question=with_question)
+            for k, rows in enumerate(CLIENT_ROWS)
+        ]
+    for k, rows in enumerate(client_rows):
+        write_rows(root / f"client{k}.jsonl", rows)
     certs = make_certs(root / "certs", clients=2).ca_cert.parent
     config = root / "federation.toml"
     config.write_text(config_text(root, launch.free_port()), encoding="utf-8")

@@ -101,6 +101,10 @@ class FDKTSpec(ClientRunSpec, PublicFormat):
         canaries: the leakage audit's canary sentences client 0 adds to its generator's
             training rows (0: no audit); its audit goes to its own report, never sent.
             Classification tasks only.
+        deployed: a deployment's spec, holding only the rows of the process it runs in (its
+            own partition at its index; the server's none); its client draws DP-SGD's noise
+            and sampling, and the sampling of texts, from `secrets` (a simulation seeds them
+            from ``settings.seed``).
     """
 
     llm: str
@@ -202,13 +206,20 @@ def _answer_query(spec: FDKTSpec, msg: Message, context: Context, partition: int
     fmt = spec.format  # public: read off the evaluation rows, never off the private ones
     load_adapter_state(models.generator, models.fresh_generator)  # every run starts fresh
     canaries = _canaries(spec, partition)
+    # A deployment draws DP-SGD's noise and sampling from secrets (None): the server holds the
+    # config's seed too and could replay seeded noise. A simulation seeds them (reproducible).
+    noise: torch.Generator | None = None
+    seed: int | None = None
+    if not spec.deployed:
+        noise = torch.Generator().manual_seed(derive_seed(settings.seed, partition, 1))
+        seed = derive_seed(settings.seed, partition, 2)
     out = client_synthesize(
         models.generator,
         models.generator_tokenizer,
         spec.client_data[partition],
         settings,
-        noise=torch.Generator().manual_seed(derive_seed(settings.seed, partition, 1)),
-        seed=derive_seed(settings.seed, partition, 2),
+        noise=noise,
+        seed=seed,
         canaries=canaries,
         fmt=fmt,
         n_choices=spec.n_choices,
