@@ -62,6 +62,13 @@ def test_classification_from_jsonl_maps_names_and_indices(tmp_path: Path) -> Non
     assert rows[0].training_pair() == (rows[0].context, " billing")
 
 
+def test_a_validation_only_task_with_label_names_needs_no_train_file(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "v.jsonl", TICKETS)  # a server's public set: no train split
+    rows = examples("validation", kind="classification", splits={"validation": path},
+                    label_names=NAMES)  # fmt: skip
+    assert [e.gold for e in rows] == [0, 1, 2]
+
+
 def test_classification_from_csv_with_a_template_and_inferred_label_names(tmp_path: Path) -> None:
     path = csv_file(
         tmp_path / "t.csv",

@@ -224,7 +224,7 @@ class CustomTask:
             roles += self.choice_fields
         fields = tuple(dict.fromkeys(f for f in [self.id, *roles, *extras] if f))
         source = cache(lambda split: self._source_rows(name, split))  # each file read once
-        label_names = cache(lambda: self._label_names(source("train")))
+        label_names = cache(lambda: self.label_names or self._label_names(source("train")))
         converters: dict[Kind, Callable[[dict[str, Any]], Example]] = {
             "classification": lambda row: self._classification(row, label_names()),
             "multiple_choice": self._multiple_choice,
