@@ -2,8 +2,10 @@
 (a SuperLink with TLS and SuperNode authentication, the ServerApp) and two `fedkt client`
 SuperNodes, each a separate process group reading only its own rows file. Two rounds with
 tiny random models must give the adapters of the in-process protocol, each client's worker
-having loaded its SLM once; a SuperNode that does not trust the SuperLink's certificate, or
-whose key is not registered, is refused.
+having loaded its SLM once; one round under SecAgg+ (its mod in Flower's per-message
+ClientApp process, the training in the worker) must give plain FedAvg within SecAgg+'s
+quantisation; a SuperNode that does not trust the SuperLink's certificate, or whose key is
+not registered, is refused.
 
 Every process is bounded (timeouts) and its whole group killed in `finally`.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,7 +25,7 @@ from loopback import start as _start
 from loopback import tail as _tail
 from transformers import PreTrainedTokenizerFast
 
-from fedkt.algorithms.fedcollm import LocalClient, run_round
+from fedkt.algorithms.fedcollm import LocalClient, aggregate_adapters, local_exchange, run_round
 from fedkt.certs import make_certs, make_node_keys
 from fedkt.config import load_config
 from fedkt.deploy import launch
@@ -30,7 +33,7 @@ from fedkt.deploy.apps import METHOD, RESULT, server_spec
 from fedkt.deploy.rows import read_rows, write_rows
 from fedkt.deploy.worker import KEY, SOCKET, STATS
 from fedkt.federation.checkpoint import read_checkpoint
-from fedkt.models import add_lora, load_model
+from fedkt.models import adapter_state, add_lora, load_model
 from fedkt.report import read_json
 
 PUBLIC_ROWS = [("Which rock is soil made of?", ("weathered rock", "sunlight"), 0)] * 2
@@ -45,7 +48,15 @@ def federation(
     return make_federation(root, tiny_tokenizer, _config_text)
 
 
-def _config_text(root: Path, port: int) -> str:
+def _config_text(
+    root: Path,
+    port: int,
+    *,
+    rounds: int = 2,
+    kd_steps: int = 2,
+    slm_lr: float = 1e-2,
+    secure_aggregation: bool = False,
+) -> str:
     return f"""
 output_dir = "{root / "server-out"}"
 [model]
@@ -58,11 +69,12 @@ llm = "{root / "llm"}"
 slm = "{root / "slm"}"
 clients = 2
 [fedcollm]
-rounds = 2
-kd_steps = 2
+rounds = {rounds}
+kd_steps = {kd_steps}
 kd_batch_size = 2
 llm_lr = 1e-2
-slm_lr = 1e-2
+slm_lr = {slm_lr:g}
+secure_aggregation = {str(secure_aggregation).lower()}
 [train]
 epochs = 1
 lr = 1e-2
@@ -121,6 +133,60 @@ def test_each_client_reads_only_its_own_rows(federation: Federation, deployed: P
     for k in range(2):
         log = (federation.root / f"client{k}.log").read_text(errors="replace")
         assert f"client{k}.jsonl" in log and f"client{1 - k}.jsonl" not in log
+
+
+@pytest.fixture(scope="module")
+def secure_federation(
+    tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerFast
+) -> Federation:
+    """One round under SecAgg+. The server still distils after aggregating (the deployed
+    config always does), so its SLM learns at 1e-12 there: one AdamW step moves an entry by
+    at most about that, far below SecAgg+'s quantum, and the outcome's SLM adapter is the
+    round's aggregate."""
+    root = tmp_path_factory.mktemp("deploy-secagg")
+    write_rows(root / "public.jsonl", examples(PUBLIC_ROWS, "p"))
+    text = partial(_config_text, rounds=1, kd_steps=1, slm_lr=1e-12, secure_aggregation=True)
+    return make_federation(root, tiny_tokenizer, text)
+
+
+@pytest.fixture(scope="module")
+def secure_deployed(secure_federation: Federation) -> Path:
+    run_deployed(secure_federation, ["--public", str(secure_federation.root / "public.jsonl")])
+    return secure_federation.root / "server-out" / "arc_easy" / METHOD
+
+
+def test_a_deployed_secure_round_through_the_workers_is_fedavg_within_quantisation(
+    secure_federation: Federation, secure_deployed: Path
+) -> None:
+    """SecAgg+'s four stages through real SuperNodes: its mod keeps its keys in
+    ``context.state`` across Flower's per-message ClientApp processes and hands the third
+    stage's training to the worker. The server's SLM adapter is the plain FedAvg of the same
+    round (clients trained in this process) within one quantisation step 2 c / levels, the
+    simulated SecAgg+ test's tolerance (tests/federation/test_round_policy.py): stochastic
+    rounding (of fp32 values on a grid of that step) moves each client's entry, hence their
+    mean, by less than one step."""
+    adapters, state = read_checkpoint(secure_deployed / RESULT)
+    config = load_config(secure_federation.config)
+    spec = server_spec(config, "arc_easy", str(secure_federation.root / "public.jsonl"))
+    secure = spec.policy.secure_aggregation
+    assert secure is not None
+    quantum = 2 * secure.clipping_range / secure.quantization_range  # 2 c / levels: ~3.8e-6
+    models = spec.load_server_models()
+    theta = adapter_state(models.slm)
+    slm = add_lora(load_model(spec.slm, dtype="float32", device="cpu"), spec.settings.lora)
+    rows = [read_rows(secure_federation.root / f"client{k}.jsonl") for k in range(2)]
+    exchange = local_exchange([LocalClient(slm, r) for r in rows], models.tokenizer, spec.settings)
+    updates = exchange(theta, 0)
+    fedavg = aggregate_adapters([updates[k] for k in sorted(updates)], spec.settings.aggregation)
+    assert adapters["slm"].keys() == fedavg.keys()
+    for key, tensor in fedavg.items():
+        torch.testing.assert_close(adapters["slm"][key], tensor, atol=quantum, rtol=0, msg=key)
+    assert [r["round"] for r in state["rounds"]] == [0]
+    assert state["rounds"][0]["metrics"]["clients"] == 2
+    assert state["rounds"][0]["missing"] == []
+    for k in range(2):  # the third stage's training message, answered by the worker
+        stats = read_json(secure_federation.root / f"client{k}-out" / f"client-worker-{k}" / STATS)
+        assert stats["messages"] == 1 and stats["model_loads"] == 1, stats
 
 
 def test_a_supernode_that_does_not_trust_the_certificate_or_is_unknown_is_refused(
