@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 from conftest import build_tiny_llama
 from fedkt.config import load_config
 from fedkt.data import Example
-from fedkt.deploy import apps
+from fedkt.deploy import apps, clientapp
 from fedkt.deploy.rows import write_rows
 from fedkt.errors import FedktError
 from fedkt.federation import fedcollm, keys
@@ -90,7 +90,7 @@ def test_a_client_with_another_slm_fails_the_round_in_one_clear_line(
     metadata = Metadata(1, "m1", 0, 7, "", "0", time.time(), 60.0, keys.TRAIN)
     msg = Message(fedcollm.broadcast_content(theta, 0), metadata=metadata)
     with caplog.at_level(logging.ERROR):
-        reply = apps._client_train(msg, context)
+        reply = clientapp._client_train(msg, context)
     assert reply.has_error() and not reply.has_content()
     assert "adapter state does not match the model's LoRA adapters" in caplog.text
     assert "same base model" in caplog.text

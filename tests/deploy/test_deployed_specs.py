@@ -16,7 +16,7 @@ from loopback import CLIENT_ROWS, EVAL_ROWS, examples, task_section
 
 from fedkt.algorithms.fedcot import FedCoTSettings
 from fedkt.config import load_config
-from fedkt.deploy import apps
+from fedkt.deploy import apps, clientapp
 from fedkt.deploy import fdkt as deployed_fdkt
 from fedkt.deploy import fedcot as deployed_fedcot
 from fedkt.deploy.common import NodeSetup
@@ -98,7 +98,7 @@ def test_a_missing_rows_file_is_refused_in_one_clear_error(
     metadata = Metadata(1, "m1", 0, 7, "", "0", time.time(), 60.0, keys.QUERY)
     msg = Message(RecordDict(), metadata=metadata)
     with caplog.at_level(logging.ERROR):
-        reply = apps._client_query(msg, context)
+        reply = clientapp._client_query(msg, context)
     assert reply.has_error() and not reply.has_content()
     name = {"fedcot": "FedCoT", "fdkt": "FDKT"}[algorithm]
     assert reply.error.reason.startswith(f"DataError in the {name} client of partition 1")

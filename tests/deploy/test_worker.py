@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
-from fedkt.deploy import apps, worker
+from fedkt.deploy import clientapp, worker
 from fedkt.report import read_json
 
 
@@ -91,7 +91,7 @@ def test_a_missing_worker_fails_the_message_through_the_boundary(
     log says which socket and what to do."""
     context = _context(tmp_path / "gone")
     with caplog.at_level(logging.ERROR):
-        reply = apps._client_train(_message(), context)
+        reply = clientapp._client_train(_message(), context)
     assert reply.has_error()
     assert reply.error.reason.startswith("WorkerError in the FedCoLLM client of partition 1")
     assert str(tmp_path) not in reply.error.reason

@@ -11,6 +11,7 @@ from fedkt.federation.codec import (
     adapter_to_record,
     payload_bytes,
     record_to_adapter,
+    record_to_float32,
 )
 
 
@@ -34,6 +35,16 @@ def test_round_trip_keeps_order_dtype_and_values_exactly() -> None:
         assert decoded[key].dtype == tensor.dtype, key
         assert decoded[key].shape == tensor.shape, key
         assert torch.equal(decoded[key], tensor), key
+
+
+def test_float32_decoding_without_torch_equals_the_tensors_widened() -> None:
+    """SecAgg+'s mod masks `record_to_float32` (NumPy only) where it masked ``t.float()``."""
+    adapter = _adapter()
+    adapter["special"] = torch.tensor([float("inf"), -0.0, 1e-40], dtype=torch.bfloat16)
+    arrays = record_to_float32(adapter_to_record(adapter))
+    assert len(arrays) == len(adapter)
+    for array, tensor in zip(arrays, adapter.values(), strict=True):
+        assert array.dtype == "float32" and array.tobytes() == tensor.float().numpy().tobytes()
 
 
 def test_bf16_travels_as_its_16_bit_patterns_not_widened() -> None:

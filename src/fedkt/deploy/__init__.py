@@ -5,7 +5,8 @@ SuperNode per client (`fedkt client`), each on its own machine with its own rows
 config's ``algorithm`` picks the protocol. The apps themselves are the simulation's
 (`fedkt.federation`); this package only adds what a deployment needs: apps that read their
 settings and rows from Flower's run and node config (`apps`, with FedCoT's and FDKT's specs
-in `fedcot` and `fdkt`, and what they share in `common`), the Flower processes and their TLS
-and node-authentication flags (`launch`) and the client's rows on disk (`rows`).
+in `fedcot` and `fdkt`, and what they share in `common`; `clientapp`, the torch-free module
+Flower loads per message, forwards to the client's `worker`), the Flower processes and their
+TLS and node-authentication flags (`launch`) and the client's rows on disk (`rows`).
 Certificates for trials: `fedkt.certs`.
 """

@@ -1,7 +1,8 @@
-"""The deployed ServerApp and ClientApp as Flower's deployment engine loads them.
+"""The deployed ServerApp, and what the deployed ClientApp runs.
 
-``pyproject.toml``'s ``[tool.flwr.app.components]`` names `serverapp` and `clientapp`: one
-pair for every algorithm, dispatching on the fedkt config's ``algorithm``. Each runs the
+``pyproject.toml``'s ``[tool.flwr.app.components]`` names `serverapp` (here) and `clientapp`
+(`fedkt.deploy.clientapp`, a small module that imports no torch): one pair for every
+algorithm, dispatching on the fedkt config's ``algorithm``. Each runs the
 simulation's code (FedCoLLM: `fedkt.federation.fedcollm`'s `run_server`, `train`, `query`;
 FedCoT and FDKT: their server functions and client apps, `fedkt.deploy.fedcot`,
 `fedkt.deploy.fdkt`); what differs is where their inputs come from:
@@ -19,7 +20,8 @@ subprocess``, the default, and ``process`` alike), which would load the client's
 per message. So when the node config names a worker (``worker``: `fedkt client` starts one
 unless ``--no-worker``), the ClientApp forwards each message to that long-lived process
 (`fedkt.deploy.worker`), which runs `answer` with the models still loaded (`_SETUPS`,
-`_APPS` and the algorithms' model caches live there); without one it runs `answer` itself.
+`_APPS` and the algorithms' model caches live there); without one it imports this module and
+runs `answer` itself.
 """
 
 from __future__ import annotations
@@ -41,14 +43,9 @@ from fedkt.data import Example
 from fedkt.data.formats import LabelFormat
 from fedkt.deploy import fdkt as deployed_fdkt
 from fedkt.deploy import fedcot as deployed_fedcot
-from fedkt.deploy import worker
-from fedkt.deploy.common import (
-    ALGORITHM_NAMES,
-    OUTCOME,
-    NodeSetup,
-    cached_config,
-    one_point,
-)
+from fedkt.deploy.clientapp import ALGORITHM_NAMES
+from fedkt.deploy.clientapp import clientapp as clientapp  # the component's former home
+from fedkt.deploy.common import OUTCOME, NodeSetup, cached_config, one_point
 from fedkt.deploy.common import deployment_task as deployment_task  # `fedkt partition` uses it
 from fedkt.deploy.rows import read_rows
 from fedkt.federation import fedcollm
@@ -57,7 +54,6 @@ from fedkt.federation.checkpoint import write_checkpoint
 from fedkt.federation.fdkt import make_fdkt_client_app
 from fedkt.federation.fedcollm import ClientSetup, FederationResult, FederationSpec
 from fedkt.federation.fedcot import make_fedcot_client_app
-from fedkt.federation.secagg import secure_aggregation_mod
 from fedkt.report import to_strict_json, write_json
 
 _LOG = logging.getLogger(__name__)
@@ -223,47 +219,18 @@ def _write_result(folder: Path, result: FederationResult, seconds: float) -> Non
 
 # ---- client -------------------------------------------------------------------------------
 
-clientapp = ClientApp(mods=[secure_aggregation_mod])
-"""Answers SecAgg+'s stages when the server asks for them (`[fedcollm] secure_aggregation`)
-and lets every other message through, as the simulation's client app does."""
-
 _SETUPS: dict[tuple[str, ...], ClientSetup] = {}
 _APPS: dict[tuple[str, ...], ClientApp] = {}
 
 Handler = Callable[[ClientSetup, Message, Context], Message]
-
-
-@clientapp.train()
-def _client_train(msg: Message, context: Context) -> Message:
-    return _reply("train", msg, context)
-
-
-@clientapp.query()
-def _client_query(msg: Message, context: Context) -> Message:
-    return _reply("query", msg, context)
-
 
 _HANDLERS: dict[str, Handler] = {"train": fedcollm.train, "query": fedcollm.query}
 
 
 def answer(kind: str, msg: Message, context: Context) -> Message:
     """The reply to a ``kind`` ("train"/"query") message, computed in this process (the
-    inline ClientApp's and the worker's code alike)."""
+    worker's code, and the ClientApp's without a worker: `fedkt.deploy.clientapp`)."""
     return _answer(_HANDLERS[kind], msg, context)
-
-
-def _reply(kind: str, msg: Message, context: Context) -> Message:
-    """`answer`, from this SuperNode's worker when `fedkt client` started one. A worker that
-    is unreachable or dies fails this message alone, behind the error boundary."""
-    folder = context.node_config.get(worker.NODE_CONFIG_KEY)
-    if not folder:
-        return answer(kind, msg, context)
-    name = ALGORITHM_NAMES.get(_algorithm(context.node_config), "FedCoLLM")
-    return answer_privately(name, partial(_forwarded, Path(str(folder)), kind), msg, context)
-
-
-def _forwarded(folder: Path, kind: str, msg: Message, context: Context, partition: int) -> Message:
-    return worker.forward(folder, kind, msg, context)
 
 
 def _answer(fedcollm_handler: Handler, msg: Message, context: Context) -> Message:

@@ -47,7 +47,7 @@ publisher = "fedkt"
 
 [tool.flwr.app.components]
 serverapp = "fedkt.deploy.apps:serverapp"
-clientapp = "fedkt.deploy.apps:clientapp"
+clientapp = "fedkt.deploy.clientapp:clientapp"
 
 [tool.flwr.app.config]
 config = ""

@@ -19,9 +19,6 @@ from fedkt.deploy.rows import read_rows
 from fedkt.errors import ConfigError
 from fedkt.report import to_strict_json, write_json
 
-ALGORITHM_NAMES = {"fedcollm": "FedCoLLM", "fedcot": "FedCoT", "fdkt": "FDKT"}
-"""The config's ``algorithm`` -> the name its log lines and error replies use."""
-
 OUTCOME = "result.json"
 """The FedCoT and FDKT servers' outcome (counts and bytes), in ``<output_dir>/<task>/<method>/``."""
 

@@ -5,12 +5,13 @@ Why: Flower 1.41's deployment engine starts one ``flwr-clientapp`` process per m
 SuperNode's SuperExec launches a fresh process per task and ``Context.state``, which holds
 records only, is all that survives), so a client would import torch and load its models again
 every round. `fedkt client` therefore starts this worker beside its SuperNode (and stops it
-when it exits); the deployed ClientApp (`fedkt.deploy.apps`) forwards each train or query
+when it exits); the deployed ClientApp (`fedkt.deploy.clientapp`) forwards each train or query
 message here and returns the reply. The worker runs the very code the ClientApp runs inline
 (`fedkt.deploy.apps.answer`), one message at a time, in one process, so the module-level
 caches (the setups and client apps in `fedkt.deploy.apps`, each algorithm's model cache) keep
 the models loaded across rounds. Flower's mods (SecAgg+) still run in the ClientApp process;
-``context.state`` travels here and back with each message.
+``context.state`` travels here and back with each message. This module imports no torch at
+the top (the ClientApp process imports it to call `forward`).
 
 Security: requests and replies are pickles, so only this user's processes holding the key may
 talk to the worker. It listens on a Unix socket in a 0700 folder inside the client's own

@@ -11,6 +11,10 @@ declare a plain numeric dtype (`DTYPES`), a shape that agrees with the Array's o
 and ``shape`` fields, and exactly as many data bytes as follow it. Anything else (truncated
 or padded bytes, a huge declared shape, object, string or structured dtypes, a header that is
 not NumPy's) is one `WireFormatError` naming the array, raised before any allocation.
+
+torch is imported where a tensor is made, not at the top: the SecAgg+ mod
+(`fedkt.federation.secagg`) decodes the client's adapter with `record_to_float32` in
+Flower's per-message ClientApp process, which must not pay torch's import for it.
 """
 
 from __future__ import annotations
@@ -18,16 +22,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from io import BytesIO
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from numpy.lib import format as npy
 
 from fedkt.errors import FedktError, ModelError
 
-Adapter = dict[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+Adapter = dict[str, "torch.Tensor"]
 
 BF16_STYPE = "fedkt.bfloat16-bits"
 """``Array.stype`` of a bf16 tensor: ``.npy`` bytes of its int16 bit patterns."""
@@ -40,20 +46,8 @@ DTYPES = frozenset(
 )
 """NumPy dtypes an adapter tensor may travel in (bf16 as int16 bits under `BF16_STYPE`)."""
 
-_TORCH_DTYPES = frozenset(
-    {
-        torch.bool,
-        torch.uint8,
-        torch.int8,
-        torch.int16,
-        torch.int32,
-        torch.int64,
-        torch.float16,
-        torch.bfloat16,
-        torch.float32,
-        torch.float64,
-    }
-)
+_TORCH_DTYPES = DTYPES | {"bfloat16"}
+"""torch dtypes (their names) an adapter tensor may have."""
 
 
 class WireFormatError(FedktError):
@@ -92,7 +86,9 @@ def payload_bytes(content: RecordDict) -> int:
 
 
 def _to_array(key: str, tensor: torch.Tensor) -> Array:
-    if tensor.dtype not in _TORCH_DTYPES:
+    import torch
+
+    if str(tensor.dtype).removeprefix("torch.") not in _TORCH_DTYPES:
         raise WireFormatError(
             f"adapter tensor {key!r} has dtype {tensor.dtype}, which fedkt does not send; "
             "adapters travel in float16/bfloat16/float32/float64 (or integer/bool) tensors."
@@ -104,7 +100,29 @@ def _to_array(key: str, tensor: torch.Tensor) -> Array:
     return Array(dtype="bfloat16", shape=tuple(tensor.shape), stype=BF16_STYPE, data=bits.data)
 
 
+def record_to_float32(record: ArrayRecord) -> list[np.ndarray]:
+    """`record_to_adapter`'s tensors as fp32 NumPy arrays, in its key order, checked alike,
+    without torch (SecAgg+'s mod masks these in the per-message ClientApp process). Exact as
+    ``tensor.float()``: a bf16 pattern widens to the fp32 whose low 16 bits are zero."""
+    arrays = []
+    for key, array in record.items():
+        values, bf16 = _to_numpy(key, array)
+        if bf16:
+            values = (values.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        arrays.append(values.astype(np.float32, copy=False))
+    return arrays
+
+
 def _to_tensor(key: str, array: Array) -> torch.Tensor:
+    import torch
+
+    values, bf16 = _to_numpy(key, array)
+    tensor = torch.from_numpy(values)
+    return tensor.view(torch.bfloat16) if bf16 else tensor
+
+
+def _to_numpy(key: str, array: Array) -> tuple[np.ndarray, bool]:
+    """The checked values of ``array`` (bf16 as its int16 bits) and whether they are bf16."""
     if array.stype not in (NUMPY_STYPE, BF16_STYPE):
         raise WireFormatError(
             f"array {key!r} has serialization type {array.stype!r} that fedkt cannot decode; "
@@ -120,8 +138,7 @@ def _to_tensor(key: str, array: Array) -> torch.Tensor:
     shape = array.shape
     if not isinstance(shape, tuple | list) or tuple(shape) != values.shape:
         _refuse(key, f"declares shape {shape!r} but its data has shape {values.shape}")
-    tensor = torch.from_numpy(values)
-    return tensor.view(torch.bfloat16) if bf16 else tensor
+    return values, bf16
 
 
 def _read_npy(key: str, data: bytes) -> tuple[np.ndarray, np.dtype]:
