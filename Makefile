@@ -42,7 +42,9 @@ bench-zero-shot: $(STAMP)
 
 bench-fedcollm: $(STAMP)
 	$(BIN)/fedkt make-student --teacher smollm2-135m --layers 8
-	FLWR_HOME=$$(mktemp -d) $(BIN)/python bench/fedcollm.py
+	for chunk in ag_news@50 ag_news@250 arc_easy@250; do \
+		FLWR_HOME=$$(mktemp -d) $(BIN)/python bench/fedcollm.py --chunk $$chunk || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

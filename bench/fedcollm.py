@@ -1,18 +1,29 @@
-"""FedCoLLM's Table 1 protocol on the embedded pair: five tasks, five baselines, LLM and SLM.
+"""FedCoLLM's Table 1 protocol on the embedded pair, sized so that its claims can be decided.
 
 Runs `fedkt run`'s harness (`fedkt.experiments.run_experiment`) on configs/fedcollm-bench.toml
-(a 2-CPU budget: 150 train rows and 100 validation rows per task, 2 rounds), then checks the
-shape of the paper's claim on every task, each as a paired test on the same rows:
+in chunks, each its own resumable run (``--resume`` continues a chunk where it stopped):
 
-- client SLM: FedCoLLM > FedAvg > Standalone > Zero-shot;
-- server LLM: FedCoLLM not below centralized by more than the margin (eval.margin, 1 point).
+- ``ag_news@50`` and ``ag_news@250``: AG News (the task where the 8-layer student learns on a
+  CPU budget) with ~50 and ~250 train rows per client (4 clients + an equal public part D_a),
+  all 800 validation rows, the methods and ``fedcollm_min_ce`` (selective distillation): the
+  regime where the 135M LLM is the stronger model, and the one where the clients' SLM
+  outgrows it (`LARGE_CLIENTS`: its methods in order of priority);
+- ``arc_easy@250``: the LLM side on ARC-Easy (all 570 validation rows; zero-shot, centralized
+  and FedCoLLM). The 8-layer student sits at chance on every
+  multiple-choice task (../shared/specs/embedded-pair.md), so the SLM claims of ARC-Easy,
+  ARC-Challenge, OpenBookQA and CommonsenseQA cannot be decided on the embedded pair.
 
-Writes bench/results/fedcollm.json (the full run, the table, the checks, wall time) and
-bench/results/fedcollm.png (per task: bars of every method for the LLM and the SLM).
+Every figure carries its row count and standard error, every claim a paired test on the same
+rows (McNemar; non-inferiority with the 1-point margin of eval.margin). Writes
+bench/results/fedcollm.json (one entry per chunk: the table, the claims, wall time, the run)
+and bench/results/fedcollm.png (one panel per chunk).
 
-    .venv/bin/python bench/fedcollm.py                       # ~30 min on 2 idle CPU cores
-    .venv/bin/python bench/fedcollm.py --tasks ag_news --eval-limit 100
-    .venv/bin/python bench/fedcollm.py --adapter-bytes       # seconds: no training
+    .venv/bin/python bench/fedcollm.py --chunk ag_news@50        # ~29 min on 2 idle CPU cores
+    .venv/bin/python bench/fedcollm.py --chunk ag_news@250       # ~40 min
+    .venv/bin/python bench/fedcollm.py --chunk arc_easy@250      # ~45 min
+    .venv/bin/python bench/fedcollm.py --chunk ag_news@250 --resume
+    .venv/bin/python bench/fedcollm.py --chunk ag_news@250 --collect  # a stopped run's methods
+    .venv/bin/python bench/fedcollm.py --adapter-bytes           # seconds: no training
 
 ``--adapter-bytes`` only counts what one round sends with the config's SLM for each LoRA target
 choice (all-linear, fedkt's default, against the paper's attention-only q/k/v/o, whose Table 2
@@ -23,14 +34,15 @@ reply through the federation's own codec, written to bench/results/fedcollm_adap
 from __future__ import annotations
 
 import argparse
+import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from flwr.app import MetricRecord, RecordDict
 
-from fedkt.config import FedktConfig, load_config, with_overrides
+from fedkt.config import Baseline, FedktConfig, load_config, with_overrides
 from fedkt.experiments import comparisons_table, results_table, run_experiment
 from fedkt.experiments.summary import headline, stderr
 from fedkt.federation import keys
@@ -42,6 +54,66 @@ from fedkt.report import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
+EVERY_METHOD: tuple[Baseline, ...] = (
+    "zero_shot",
+    "standalone",
+    "fedavg",
+    "fedavg_server_ce",
+    "centralized",
+    "fedcollm",
+    "fedcollm_min_ce",
+)
+
+LARGE_CLIENTS: tuple[Baseline, ...] = (
+    "fedavg",
+    "fedcollm_min_ce",
+    "fedcollm",
+    "standalone",
+    "zero_shot",
+)
+"""The ~250-rows-per-client regime decides selective distillation's non-inferiority to FedAvg
+and the SLM's ranking, in that order of priority (a chunk cut short by the session's budget
+keeps the decisive methods; ``--resume`` adds the rest). Zero-shot scores the same models on
+the same rows as in ``ag_news@50``; centralized and FedAvg + server CE (an LLM claim and an
+ablation) are decided at ~50 rows per client."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One resumable run of the bench: a task, the train rows per client, the methods."""
+
+    task: str
+    rows_per_client: int
+    methods: tuple[Baseline, ...]
+    eval_rows: int  # 0: every validation row
+    lr: float  # the clients' (and standalone/centralized SLM's) LoRA rate, picked on dev
+
+    def config(self, base: FedktConfig, name: str) -> FedktConfig:
+        parts = base.federation.clients + 1  # the clients' parts and the public one, equal
+        return with_overrides(
+            base,
+            output_dir=str(Path(base.output_dir) / name),
+            data=with_overrides(
+                base.data,
+                tasks=(self.task,),
+                limit=self.eval_rows,
+                train_limit=parts * self.rows_per_client,
+            ),
+            federation=with_overrides(base.federation, baselines=self.methods),
+            train=with_overrides(base.train, lr=self.lr),
+        )
+
+
+CHUNKS = {
+    "ag_news@50": Chunk("ag_news", 50, EVERY_METHOD, 800, lr=3e-3),
+    "ag_news@250": Chunk("ag_news", 250, LARGE_CLIENTS, 800, lr=3e-3),
+    "arc_easy@250": Chunk("arc_easy", 250, ("zero_shot", "centralized", "fedcollm"), 0, lr=1e-3),
+}
+UNDECIDABLE = {
+    task: "the 8-layer student sits at chance on multiple-choice tasks on a CPU budget "
+    "(../shared/specs/embedded-pair.md): its SLM claims cannot be decided on the embedded pair"
+    for task in ("arc_easy", "arc_challenge", "openbookqa", "commonsense_qa")
+}
 
 
 def main() -> None:
@@ -57,35 +129,42 @@ def main() -> None:
             )
         print(f"all-linear / attention: {report['all_linear_over_attention']:.2f}x the bytes")
         return
-    data = config.data
-    config = with_overrides(
-        config,
-        data=with_overrides(
-            data,
-            tasks=tuple(args.tasks or data.tasks),
-            limit=data.limit if args.eval_limit is None else args.eval_limit,
-        ),
-    )
+    chunk = CHUNKS[args.chunk]
+    config = chunk.config(config, args.chunk)
     start = time.perf_counter()
-    run = run_experiment(config)
+    if args.collect:  # a chunk stopped by the session's budget: what its run has so far
+        run = json.loads((Path(config.output_dir) / "results.json").read_text())
+    else:
+        run = run_experiment(config, resume=args.resume)
     seconds = time.perf_counter() - start
-    table = _table(run)
-    results = {
-        "protocol": {
-            "config": str(args.config),
-            "split": data.split,
-            "eval_limit": config.data.limit,
-            "train_limit": data.train_limit,
-            "rounds": config.fedcollm.rounds,
-            "budget": "2 CPU cores, no GPU (the device tool was not lent to this task)",
-        },
-        "table": table,
-        "claims": {task: entry["comparisons"] for task, entry in run["tasks"].items()},
-        "wall_seconds": round(seconds, 1),
+    path = RESULTS / "fedcollm.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results = results if "chunks" in results else {"chunks": {}}
+    results["protocol"] = {
+        "config": str(args.config.relative_to(REPO)),
+        "split": config.data.split,
+        "rounds": config.fedcollm.rounds,
+        "margin_points": 100 * config.eval.margin,
+        "budget": "2 CPU cores, no GPU (the device tool was not lent to this task)",
+        "undecidable": UNDECIDABLE,
+    }
+    results["chunks"][args.chunk] = {
+        "task": chunk.task,
+        "rows_per_client": chunk.rows_per_client,
+        "eval_rows": run["tasks"][chunk.task]["rows"]["eval"],
+        "table": _table(run)[chunk.task],
+        "claims": run["tasks"][chunk.task]["comparisons"],
+        "wall_seconds_this_call": round(seconds, 1),
+        "compute_seconds": round(
+            sum(o["seconds"] for o in run["tasks"][chunk.task]["baselines"].values()), 1
+        ),
         "run": run,
     }
-    write_json(RESULTS / "fedcollm.json", results)
-    _plot(table, RESULTS / "fedcollm.png")
+    write_json(path, results)
+    _plot(
+        {name: entry["table"] for name, entry in results["chunks"].items()},
+        RESULTS / "fedcollm.png",
+    )
     print(results_table(run))
     print(comparisons_table(run))
     print(f"wall time {seconds / 60:.1f} min")
@@ -157,7 +236,7 @@ def _plot(table: dict[str, dict[str, dict[str, Cell]]], path: Path) -> None:
 
     figure = Figure(figsize=(3.2 * len(table), 4.2), layout="constrained")
     axes = figure.subplots(1, len(table), squeeze=False, sharey=True)[0]
-    for ax, (task, roles) in zip(axes, table.items(), strict=True):
+    for ax, (name, roles) in zip(axes, table.items(), strict=True):
         bars = [
             (f"{role.upper()} {name}", cell)
             for role, methods in roles.items()
@@ -169,7 +248,7 @@ def _plot(table: dict[str, dict[str, dict[str, Cell]]], path: Path) -> None:
         errors = [cell["stderr"] for _, cell in bars]
         ax.bar(range(len(bars)), values, yerr=errors, capsize=2, color=colors)
         ax.set_xticks(range(len(bars)), [label for label, _ in bars], rotation=70, fontsize=7)
-        ax.set_title(task)
+        ax.set_title(name)
     axes[0].set_ylabel("validation accuracy (%), ±1 s.e.")
     figure.savefig(path, dpi=120)
 
@@ -177,8 +256,13 @@ def _plot(table: dict[str, dict[str, dict[str, Cell]]], path: Path) -> None:
 def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "fedcollm-bench.toml")
-    parser.add_argument("--tasks", nargs="+", help="subset of the config's tasks")
-    parser.add_argument("--eval-limit", type=int, help="validation rows per task (0 = all)")
+    parser.add_argument("--chunk", choices=sorted(CHUNKS), default="ag_news@50")
+    parser.add_argument("--resume", action="store_true", help="continue the chunk's run")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="only record the methods the chunk's run has finished (a run that was stopped)",
+    )
     parser.add_argument(
         "--adapter-bytes",
         action="store_true",
