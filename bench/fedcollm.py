@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -54,15 +55,10 @@ from fedkt.report import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-EVERY_METHOD: tuple[Baseline, ...] = (
-    "zero_shot",
-    "standalone",
-    "fedavg",
-    "fedavg_server_ce",
-    "centralized",
-    "fedcollm",
-    "fedcollm_min_ce",
+EVERY_METHOD: tuple[Baseline, ...] = tuple(
+    name for name in typing.get_args(Baseline) if name != "fedcollm_dp_aux"
 )
+"""Every FedCoLLM method but the one without public data (bench/fdkt.py runs that)."""
 
 LARGE_CLIENTS: tuple[Baseline, ...] = (
     "fedavg",
