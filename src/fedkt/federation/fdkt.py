@@ -52,7 +52,7 @@ from fedkt.federation.boundary import query_train_app
 from fedkt.federation.messaging import replies_by_node, string_list, wait_for_nodes
 from fedkt.federation.reports import write_report
 from fedkt.federation.simulation import simulate
-from fedkt.federation.spec import ClientRunSpec
+from fedkt.federation.spec import ClientRunSpec, check_client_partitions
 from fedkt.generation import Backend, ResponseStore, make_backend
 from fedkt.models import (
     LoraSettings,
@@ -119,16 +119,7 @@ class FDKTSpec(ClientRunSpec, PublicFormat):
     deployed: bool = False
 
     def __post_init__(self) -> None:
-        held = sum(1 for part in self.client_data if part)
-        if self.deployed and (not self.client_data or held > 1):
-            raise ConfigError(
-                "FDKTSpec.client_data: a deployed spec counts at least one client and holds "
-                "at most one client's rows (its own)"
-            )
-        if not self.deployed and (not self.client_data or held < len(self.client_data)):
-            raise ConfigError(
-                "FDKTSpec.client_data: need at least one client and no empty partition"
-            )
+        check_client_partitions("FDKTSpec", self.client_data, deployed=self.deployed)
         if not self.eval_data:
             raise ConfigError("FDKTSpec.eval_data is empty: give the clients rows to score")
         fmt = self.format  # a generative task is refused here, before any model

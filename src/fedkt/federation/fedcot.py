@@ -62,7 +62,7 @@ from fedkt.federation.boundary import query_train_app
 from fedkt.federation.messaging import replies_by_node, string_list, wait_for_nodes
 from fedkt.federation.reports import write_report
 from fedkt.federation.simulation import simulate
-from fedkt.federation.spec import ClientRunSpec
+from fedkt.federation.spec import ClientRunSpec, check_client_partitions
 from fedkt.generation import (
     Backend,
     Request,
@@ -153,16 +153,7 @@ class FedCoTSpec(ClientRunSpec):
     deployed: bool = False
 
     def __post_init__(self) -> None:
-        held = sum(1 for part in self.client_data if part)
-        if self.deployed and (not self.client_data or held > 1):
-            raise ConfigError(
-                "FedCoTSpec.client_data: a deployed spec counts at least one client and holds "
-                "at most one client's rows (its own)"
-            )
-        if not self.deployed and (not self.client_data or held < len(self.client_data)):
-            raise ConfigError(
-                "FedCoTSpec.client_data: need at least one client and no empty partition"
-            )
+        held = check_client_partitions("FedCoTSpec", self.client_data, deployed=self.deployed)
         if not self.eval_data and held:
             raise ConfigError("FedCoTSpec.eval_data is empty: give the clients rows to score")
 

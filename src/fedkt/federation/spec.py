@@ -6,8 +6,10 @@ own disk. Keyword-only, so a protocol's spec lists its own fields first, default
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fedkt.errors import ConfigError
 from fedkt.federation import keys
 
 
@@ -36,3 +38,20 @@ class ClientRunSpec:
     artefacts_dir: str | None = None
     reports_dir: str | None = None
     max_message_bytes: int = keys.DEFAULT_MAX_MESSAGE_BYTES
+
+
+def check_client_partitions(spec_name: str, client_data: Sequence[Sequence[object]],
+                            *, deployed: bool) -> int:  # fmt: skip
+    """How many partitions hold rows, after refusing a simulated spec with an empty partition
+    and a deployed one (a client's own process) that holds more than its own rows."""
+    held = sum(1 for part in client_data if part)
+    if deployed and (not client_data or held > 1):
+        raise ConfigError(
+            f"{spec_name}.client_data: a deployed spec counts at least one client and holds "
+            "at most one client's rows (its own)"
+        )
+    if not deployed and (not client_data or held < len(client_data)):
+        raise ConfigError(
+            f"{spec_name}.client_data: need at least one client and no empty partition"
+        )
+    return held
