@@ -8,17 +8,21 @@ clients and three transports:
 - ``plain``: ``--insecure`` (no TLS, no SuperNode authentication);
 - ``tls``: TLS with SuperNode authentication (fedkt's defaults);
 - ``secagg``: TLS + authentication + SecAgg+ (``[fedcollm] secure_aggregation = true``),
-  against a simulation with SecAgg+ too.
+  against a simulation with SecAgg+ too;
+- ``no_worker``: as ``tls`` but ``fedkt client --no-worker``: Flower 1.41 starts a ClientApp
+  process per message, which loads the SLM again every time; against ``tls`` it measures the
+  reload cost the long-lived client worker (`fedkt.deploy.worker`, the default) avoids.
 
 Per round it reports the round time of each side (the server's ``RoundRecord`` seconds) and
 their ratio; the payload bytes each side's codec counted (``RoundRecord`` bytes, both ways);
 and the bytes the SuperNodes' TCP connections to the SuperLink carried (``ss`` tcp_info of
 every SuperNode socket, sampled every 0.25 s: gRPC framing, TLS, heartbeats and all; a
 round's share runs from one checkpoint write to the next, so round 1 also holds joining and
-the app's download), against the simulation's payload bytes. Round 1 of the
-simulation includes the Ray actors loading the SLM; a deployed round always includes it
-(Flower 1.41 starts a ClientApp process per message), so the last round is the steady-state
-figure. Deployed client processes run with one thread, as Ray's one-CPU actors do.
+the app's download), against the simulation's payload bytes. Round 1 of either side
+includes loading the SLM (Ray's actors, the clients' workers), so the last round is the
+steady-state figure; the workers' own ``worker.json`` (seconds of the first and the later
+messages) is kept per run. Deployed client processes run with one thread, as Ray's one-CPU
+actors do.
 
 Part ``scale`` (item 9): one simulated FedCoLLM round with 2 (the reference), 10, 50 and 100
 clients of the same rows each: peak memory of the whole process tree (the bench's worker,
@@ -62,7 +66,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 TASK = "ag_news"
-MODES = ("plain", "tls", "secagg")
+MODES = ("plain", "tls", "secagg", "no_worker")
 EMBEDDED = ("smollm2-135m", "smollm2-135m@layers=8,healed=true")
 BUDGET = (
     "2 CPU cores shared with other jobs, no GPU: times are indicative, ratios taken within "
@@ -136,7 +140,24 @@ def deploy_cell(setup: Setup, clients: int, modes: Sequence[str]) -> dict[str, A
         mode: _ratios(run, sims["secagg" if mode == "secagg" else "plain"])
         for mode, run in deployed_runs.items()
     }
-    return {"simulation": sims, "deployed": deployed_runs, "ratios": ratios}
+    cell = {"simulation": sims, "deployed": deployed_runs, "ratios": ratios}
+    if "tls" in deployed_runs and "no_worker" in deployed_runs:
+        cell["worker_saves"] = _worker_saving(deployed_runs["tls"], deployed_runs["no_worker"])
+    return cell
+
+
+def _worker_saving(worker: dict[str, Any], no_worker: dict[str, Any]) -> dict[str, Any]:
+    """What keeping the models in the client worker saves against a ClientApp process (and an
+    SLM load) per message: the last round's seconds of each and their difference."""
+    if "error" in worker or "error" in no_worker:
+        return {"error": "a run failed; see its entry"}
+    with_worker, without = worker["rounds"][-1]["seconds"], no_worker["rounds"][-1]["seconds"]
+    return {
+        "round_seconds_with_worker": with_worker,
+        "round_seconds_without": without,
+        "seconds_saved_per_round": round(without - with_worker, 2),
+        "ratio_without_over_with": _div(without, with_worker),
+    }
 
 
 def simulated(setup: Setup, rows: Path, clients: int, *, secagg: bool, tag: str) -> dict[str, Any]:
@@ -162,6 +183,7 @@ def deployed(setup: Setup, rows: Path, clients: int, mode: str) -> dict[str, Any
             config, data=rows / f"client{k}.jsonl", partition=k,
             output_dir=root / f"client{k}-out", insecure=insecure,
             key=None if insecure else root / "certs" / f"client{k}.key",
+            worker=mode != "no_worker",
         )]
         for k in range(clients)
     ]  # fmt: skip
@@ -194,7 +216,17 @@ def deployed(setup: Setup, rows: Path, clients: int, mode: str) -> dict[str, Any
         "wall_seconds": round(run.seconds, 2),
         "wire": wire.totals(len(rounds)),
         **memory.peaks(),
+        "client_workers": _worker_stats(root, clients),
     }
+
+
+def _worker_stats(root: Path, clients: int) -> list[dict[str, Any]]:
+    """Each deployed client's ``worker.json`` (none with ``--no-worker``)."""
+    found = []
+    for k in range(clients):
+        for path in sorted((root / f"client{k}-out").rglob("worker.json")):
+            found.append({"client": k, **json.loads(path.read_text(encoding="utf-8"))})
+    return found
 
 
 def _ratios(run: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
@@ -564,6 +596,8 @@ def _protocol(setup: Setup, args: argparse.Namespace) -> dict[str, Any]:
                 "plain": "--insecure: no TLS, no SuperNode authentication",
                 "tls": "TLS + SuperNode authentication (fedkt's default)",
                 "secagg": "TLS + authentication + SecAgg+, against a simulation with SecAgg+",
+                "no_worker": "as tls, with fedkt client --no-worker (a ClientApp process and "
+                "an SLM load per message): the reload cost the client worker avoids",
             },
             "round_seconds": "RoundRecord seconds of each side; ratios on the last round",
             "wire_bytes": "ss tcp_info of the SuperNodes' connections to the SuperLink, both "

@@ -117,6 +117,33 @@ def test_two_deployed_rounds_equal_the_in_process_protocol(
         assert set(record["bytes_up"]) == {"0", "1"}  # JSON keys: partition ids
 
 
+def test_the_deployed_outcome_exports_as_a_simulated_run_does(
+    deployed: Path, tmp_path: Path
+) -> None:
+    """The README's last step: ``fedkt export`` merges the deployed SLM adapter (the one in
+    result.safetensors) into a plain transformers folder."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from fedkt.cli import main
+
+    adapters, _ = read_checkpoint(deployed / RESULT)
+    assert read_json(deployed / "run.json")["method"] == METHOD
+    slm_base = read_json(deployed / "run.json")["base_models"]["slm"]
+    saved = PeftModel.from_pretrained(load_model(slm_base, dtype="float32", device="cpu"),
+                                      str(deployed / "slm"))  # fmt: skip
+    for key, tensor in adapter_state(saved).items():
+        torch.testing.assert_close(tensor, adapters["slm"][key], msg=key)
+    out = tmp_path / "deployed-slm"
+    assert main(["export", str(deployed), "--which", "slm", "--out", str(out)]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    base = load_model(slm_base, dtype="float32", device="cpu").state_dict()
+    changed = [k for k, w in merged.items() if not torch.equal(w, base[k])]
+    lora_layers = {k.split(".lora_")[0].removeprefix("base_model.model.") for k in adapters["slm"]}
+    assert changed and {k.removesuffix(".weight") for k in changed} <= lora_layers
+    assert (out / "README.md").is_file()
+
+
 def test_each_client_worker_loaded_its_slm_once(federation: Federation, deployed: Path) -> None:
     """Flower starts a process per message; the worker beside each SuperNode answered both
     rounds with the SLM it loaded in the first, and removed its socket and key on exit."""

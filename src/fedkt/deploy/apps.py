@@ -38,6 +38,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from fedkt.algorithms.fedcollm import ServerModels
 from fedkt.config import FedktConfig, load_config
 from fedkt.data import Example
 from fedkt.data.formats import LabelFormat
@@ -116,6 +117,7 @@ def run_deployed_server(grid: Grid, config_path: str, public_path: str = "") -> 
         result = fedcollm.run_server(grid, spec, models)
     folder = Path(config.output_dir) / task / METHOD
     _write_result(folder, result, time.perf_counter() - start)
+    _save_models(folder, config, task, models, public_rows=len(spec.public_data))
     _LOG.info("FedCoLLM across machines: %d rounds, outcome in %s", len(result.rounds), folder)
     return folder
 
@@ -215,6 +217,22 @@ def _write_result(folder: Path, result: FederationResult, seconds: float) -> Non
     state = {"rounds": rounds, "seconds": seconds}
     write_checkpoint(folder / RESULT, adapters, to_strict_json(state))
     write_json(folder / "rounds.json", to_strict_json(state))
+
+
+def _save_models(
+    folder: Path, config: FedktConfig, task: str, models: ServerModels, public_rows: int
+) -> None:
+    """The final adapters as the simulation saves them (peft folders ``slm/`` and ``llm/``)
+    and a ``run.json``, so ``fedkt export FOLDER --which slm`` merges the deployed result into
+    a transformers folder as it does a simulated one. The server never evaluates: no metrics."""
+    from fedkt.experiments.harness import run_record, save_adapter
+
+    save_adapter(models.slm, folder / "slm")
+    if models.llm is not None:
+        save_adapter(models.llm, folder / "llm")
+    data = {"split": None, "rows": {"public": public_rows}, "deployed": True}
+    write_json(folder / "run.json", run_record(config, "fedcollm", METHOD, task, data=data,
+                                               metrics={}))  # fmt: skip
 
 
 # ---- client -------------------------------------------------------------------------------

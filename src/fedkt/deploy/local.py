@@ -50,8 +50,10 @@ def client_command(
     key: Path | str | None = None,
     insecure: bool = False,
     max_wait: float = 60.0,
+    worker: bool = True,
 ) -> list[str]:
-    """``fedkt client CONFIG --data ROWS --partition-id K [--key KEY | --insecure] ...``."""
+    """``fedkt client CONFIG --data ROWS --partition-id K [--key KEY | --insecure] ...``
+    (``--no-worker`` when ``worker`` is False)."""
     command = [
         *FEDKT, "client", str(config),
         "--data", str(data),
@@ -61,6 +63,8 @@ def client_command(
     ]  # fmt: skip
     if key is not None:
         command += ["--key", str(key)]
+    if not worker:
+        command.append("--no-worker")
     return [*command, "--insecure"] if insecure else command
 
 

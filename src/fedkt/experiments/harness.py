@@ -318,23 +318,37 @@ def write_run_json(
 ) -> Path:
     """run.json beside a method's artefacts: what they are, how they were made, what they
     scored (the base models are referenced by name, never copied)."""
+    body = run_record(
+        config, algorithm, label, task.task,
+        data={"split": task.split, "rows": task.row_counts()},
+        metrics={key: outcome.get(key) for key in ("llm", "slm", "clients")},
+        privacy=outcome.get("privacy"),
+    )  # fmt: skip
+    return write_json(method_dir(config, task.task, label) / "run.json", body)
+
+
+def run_record(
+    config: FedktConfig, algorithm: str, label: str, task: str, *,
+    data: Mapping[str, Any], metrics: Mapping[str, Any], privacy: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The body of a run.json, which `fedkt export` reads (base models, how they were
+    trained) to merge and describe the saved adapters."""
     federation = config.federation
-    body = {
+    return {
         "schema": 1,
         "fedkt_version": fedkt.__version__,
         "algorithm": algorithm,
         "method": label,
-        "task": task.task,
+        "task": task,
         "base_models": {"llm": federation.llm, "slm": federation.slm},
         "dtype": config.model.dtype,
         "rounds": config.fedcollm.rounds if algorithm == "fedcollm" else 1,
-        "data": {"split": task.split, "rows": task.row_counts()},
-        "metrics": {key: outcome.get(key) for key in ("llm", "slm", "clients")},
-        "privacy": outcome.get("privacy"),
+        "data": dict(data),
+        "metrics": dict(metrics),
+        "privacy": privacy,
         "config_hash": config_hash(config),
         "config": dataclasses.asdict(config),
     }
-    return write_json(method_dir(config, task.task, label) / "run.json", body)
 
 
 def config_hash(config: FedktConfig) -> str:
