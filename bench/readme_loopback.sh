@@ -41,7 +41,13 @@ for k in 0 1; do
 done
 timeout 1800 tail --pid=$server -f /dev/null
 wait $server && code=0 || code=$?
-grep -E "round|outcome" server.log | grep -v -i warn | tail -6
+grep "outcome" server.log
+python - <<'PY'
+import json
+for r in json.load(open("runs/deploy-loopback/ag_news/fedcollm-deployed/rounds.json"))["rounds"]:
+    print(f"round {r['round'] + 1}: {r['metrics']['seconds']:.1f} s, {r['metrics']['clients']:.0f} "
+          f"clients, {sum(r['bytes_up'].values()):,} B up, {sum(r['bytes_down'].values()):,} B down")
+PY
 echo "[server and clients: $((SECONDS - began)) s, server exit $code]"
 [ $code -eq 0 ] || { tail -20 server.log; exit $code; }
 
@@ -49,5 +55,10 @@ folder=runs/deploy-loopback/ag_news/fedcollm-deployed
 step ls "$folder" runs/client0
 step fedkt export "$folder" --which slm --out my-slm
 step python -c "from transformers import AutoModelForCausalLM as M; m = M.from_pretrained('my-slm'); print(type(m).__name__, sum(p.numel() for p in m.parameters()), 'parameters')"
-for k in 0 1; do timeout 90 tail --pid="${pids[$((k + 1))]}" -f /dev/null || true; done
-echo "client worker stats:"; cat runs/client0/client-worker-0/worker.json | head -12
+echo; echo "# the SuperNodes wait for the next run; Ctrl-C in terminals 2 and 3 stops them"
+kill -INT "${pids[1]}" "${pids[2]}"
+for k in 0 1; do
+  timeout 60 tail --pid="${pids[$((k + 1))]}" -f /dev/null && echo "client $k stopped" || echo "client $k still running"
+done
+echo "client 0's worker (runs/client0/client-worker-0/worker.json):"
+python -c "import json; d = json.load(open('runs/client0/client-worker-0/worker.json')); print({k: d[k] for k in ('messages', 'model_loads', 'import_seconds', 'first_message_seconds', 'later_message_seconds')})"

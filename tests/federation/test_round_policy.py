@@ -11,7 +11,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from uuid import uuid4
@@ -120,14 +120,17 @@ class LocalGrid:
             for k, node in enumerate(self.nodes)
         }
         self.received: list[RecordDict] = []
+        self.replies: dict[str, Message] = {}  # by the id of the message answered
 
     def get_node_ids(self) -> list[int]:
         return self.nodes
 
-    def send_and_receive(
-        self, messages: list[Message], *, timeout: float | None = None
-    ) -> list[Message]:
-        replies = []
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        """Each message is answered at once; `pull_messages` hands the replies out."""
+        pushed = []
         for message in messages:
             node = message.metadata.dst_node_id
             metadata = Metadata(
@@ -142,6 +145,7 @@ class LocalGrid:
                 message.metadata.message_type,
             )
             incoming = Message(copy.deepcopy(message.content), metadata=metadata)
+            pushed.append(metadata.message_id)
             try:
                 reply = self.app(incoming, self.contexts[node])
             except TimeoutError:
@@ -153,8 +157,8 @@ class LocalGrid:
             self.received.append(
                 copy.deepcopy(reply.content) if reply.has_content() else RecordDict()
             )
-            replies.append(reply)
-        return replies
+            self.replies[metadata.message_id] = reply
+        return pushed
 
 
 def _stage(msg: Message) -> str:
@@ -280,7 +284,8 @@ def test_secure_round_unmasks_without_a_client_that_dies_after_sharing_keys(
 ) -> None:
     grid = LocalGrid(make_client_app(spec.client_setup(), [Misbehave(tmp_path, 2, 0, how)]), 3)
     theta = _theta(spec)
-    exchange = FlowerExchange(grid, grid.nodes, spec)  # type: ignore[arg-type]
+    waits = replace(spec, policy=replace(SECURE, reply_timeout=1.0))  # a silent node: 1 s
+    exchange = FlowerExchange(grid, grid.nodes, waits)  # type: ignore[arg-type]
     updates = exchange(theta, 0)
     assert sorted(updates) == [0, 1]
     truth = _truth(spec, theta, 0, [0, 1])

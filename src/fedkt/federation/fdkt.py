@@ -49,7 +49,12 @@ from fedkt.errors import ConfigError, FedktError
 from fedkt.evaluation import evaluate_rows
 from fedkt.federation import keys
 from fedkt.federation.boundary import query_train_app
-from fedkt.federation.messaging import replies_by_node, string_list, wait_for_nodes
+from fedkt.federation.messaging import (
+    replies_by_node,
+    send_and_receive,
+    string_list,
+    wait_for_nodes,
+)
 from fedkt.federation.reports import write_report
 from fedkt.federation.simulation import simulate
 from fedkt.federation.spec import ClientRunSpec, check_client_partitions
@@ -392,7 +397,7 @@ def run_fdkt_server(
         Message(RecordDict({keys.CONFIG: config}), dst_node_id=node, message_type=keys.QUERY)
         for node in nodes
     ]
-    replies = _by_node(grid.send_and_receive(query), spec)
+    replies = _by_node(send_and_receive(grid, query), spec)
     bytes_up = {node: size for node, (_, size) in replies.items()}
     fmt = spec.format
     samples = {n: _decode(replies[n][0].content.config_records[keys.SYNTHETIC], fmt) for n in nodes}
@@ -428,7 +433,7 @@ def run_fdkt_server(
             content, spec.max_message_bytes, what=f"augmented samples for node {node}"
         )
         train.append(Message(content, dst_node_id=node, message_type=keys.TRAIN))
-    acks = _by_node(grid.send_and_receive(train), spec)
+    acks = _by_node(send_and_receive(grid, train), spec)
     for node, (_, size) in acks.items():
         bytes_up[node] += size
     received = {n: _count(acks[n][0]) for n in nodes}

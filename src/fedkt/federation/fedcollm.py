@@ -68,6 +68,7 @@ from fedkt.federation.messaging import (
     checked_replies,
     missing_nodes,
     replies_by_node,
+    send_and_receive,
     string_list,
     wait_for_nodes,
 )
@@ -566,7 +567,7 @@ def query_aux(grid: Grid, nodes: list[int], spec: FederationSpec) -> AuxSet:
     down = keys.check_message_size(content, spec.max_message_bytes, what="aux query")
     query = [Message(content, dst_node_id=node, message_type=keys.QUERY) for node in nodes]
     replies = replies_by_node(
-        grid.send_and_receive(query), spec.max_message_bytes, algorithm="FedCoLLM"
+        send_and_receive(grid, query), spec.max_message_bytes, algorithm="FedCoLLM"
     )
     pairs = [pair for reply, _ in replies.values() for pair in _samples(reply)]
     examples = aux_examples(pairs, spec.label_format)
@@ -684,7 +685,7 @@ class FlowerExchange:
             Message(content, dst_node_id=node, message_type=keys.TRAIN, group_id=str(round_index))
             for node in self.nodes
         ]
-        replies = self.grid.send_and_receive(messages, timeout=self.policy.reply_timeout)
+        replies = send_and_receive(self.grid, messages, timeout=self.policy.reply_timeout)
         kept, dropped = answered(replies, round_index, algorithm="FedCoLLM")
         self.missing = missing_nodes(self.nodes, kept, dropped)
         self._check_enough(len(kept), round_index)

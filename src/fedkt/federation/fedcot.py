@@ -59,7 +59,12 @@ from fedkt.errors import ConfigError, FedktError
 from fedkt.evaluation import evaluate_rows
 from fedkt.federation import keys
 from fedkt.federation.boundary import query_train_app
-from fedkt.federation.messaging import replies_by_node, string_list, wait_for_nodes
+from fedkt.federation.messaging import (
+    replies_by_node,
+    send_and_receive,
+    string_list,
+    wait_for_nodes,
+)
 from fedkt.federation.reports import write_report
 from fedkt.federation.simulation import simulate
 from fedkt.federation.spec import ClientRunSpec, check_client_partitions
@@ -378,7 +383,7 @@ def run_fedcot_server(grid: Grid, spec: FedCoTSpec, backend: Backend) -> FedCoTR
         Message(RecordDict({keys.CONFIG: config}), dst_node_id=node, message_type=keys.QUERY)
         for node in nodes
     ]
-    replies = _by_node(grid.send_and_receive(query), spec)
+    replies = _by_node(send_and_receive(grid, query), spec)
     bytes_up = {node: size for node, (_, size) in replies.items()}
     requests = {node: _requests(reply) for node, (reply, _) in replies.items()}
     # step 3: one rationale per distinct prompt, keyed by its hash (resumable, deduplicated)
@@ -398,7 +403,7 @@ def run_fedcot_server(grid: Grid, spec: FedCoTSpec, backend: Backend) -> FedCoTR
             content, spec.max_message_bytes, what=f"rationales for node {node}"
         )
         train.append(Message(content, dst_node_id=node, message_type=keys.TRAIN))
-    results = _by_node(grid.send_and_receive(train), spec)
+    results = _by_node(send_and_receive(grid, train), spec)
     for node, (_, size) in results.items():
         bytes_up[node] += size
     return FedCoTResult(

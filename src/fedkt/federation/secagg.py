@@ -14,8 +14,8 @@ Which Flower pieces, and why:
   goes to it as one (fp32 NumPy arrays; fedkt's bf16 codec has no NumPy form) and the mod
   clears those arrays before the reply leaves.
 - Server: `secure_mean` runs the four stages of Flower's ``SecAggPlusWorkflow`` over
-  ``grid.send_and_receive`` with Flower's primitives (``combine_shares``, key agreement,
-  ``pseudo_rand_gen``, ``dequantize``). The workflow itself needs a legacy Strategy context
+  `fedkt.federation.messaging.send_and_receive` with Flower's primitives (``combine_shares``,
+  key agreement, ``pseudo_rand_gen``, ``dequantize``). The workflow itself needs a legacy Strategy context
   and weights by example counts; fedkt's loop is the Message API and FedCoLLM's mean is
   uniform. Here each stage also refuses replies of another round, and the unmasking only
   removes the pairwise masks of survivors that really added them (the workflow's loop runs
@@ -74,7 +74,7 @@ from fedkt.errors import ConfigError, FedktError
 from fedkt.federation import keys
 from fedkt.federation.boundary import partition_of
 from fedkt.federation.codec import Adapter, payload_bytes, record_to_float32
-from fedkt.federation.messaging import ShortRound, answered
+from fedkt.federation.messaging import ShortRound, answered, send_and_receive
 
 if TYPE_CHECKING:
     import torch
@@ -229,7 +229,7 @@ class _Run:
                     group_id=str(self.round_index),
                 )
             )
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        replies = list(send_and_receive(self.grid, messages, timeout=self.timeout))
         kept, dropped = answered(replies, self.round_index, algorithm="FedCoLLM SecAgg+")
         for reply in kept:
             node = reply.metadata.src_node_id
