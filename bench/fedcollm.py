@@ -178,7 +178,7 @@ def adapter_bytes(config: FedktConfig) -> dict[str, Any]:
     travels, down to and up from every client, so a round is K x (broadcast + reply)."""
     slm, clients = config.federation.slm, config.federation.clients
     dtype, device = placement(config)
-    targets = {}
+    targets: dict[str, dict[str, Any]] = {}
     for name, modules in TARGETS.items():
         model, _ = load_model_and_tokenizer(slm, dtype=dtype, device=device)
         theta = adapter_state(add_lora(model, replace(config.lora, target_modules=modules)))

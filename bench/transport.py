@@ -358,7 +358,7 @@ def _scale_verdict(runs: dict[str, Any]) -> dict[str, Any]:
         }
         for k, r in points
     }
-    memory_ok = all(m["peak_rss_ratio"] <= 2.0 for m in memory.values())
+    memory_ok = all((m["peak_rss_ratio"] or 0.0) <= 2.0 for m in memory.values())
     return {
         "fit": {
             "seconds_per_1k_tokens": round(float(slope) * 1000, 4),
