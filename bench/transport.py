@@ -34,8 +34,8 @@ client tokens (least-squares line, R^2 >= 0.95).
 Writes bench/results/transport.json (each part's section as soon as it is done; a rerun with
 ``--part`` replaces that section only) and bench/results/transport.png.
 
-    .venv/bin/python bench/transport.py                    # ~50 min on 2 idle CPU cores
-    .venv/bin/python bench/transport.py --part scale       # ~10 min (deploy: ~40 min)
+    .venv/bin/python bench/transport.py                    # 32 min on 2 idle CPU cores
+    .venv/bin/python bench/transport.py --part scale       # ~3 min (deploy: ~29 min)
     .venv/bin/python bench/transport.py --tiny             # tiny random models, ~3 min
 
 Models: the embedded pair (server LLM ``smollm2-135m``, client SLM its 8 healed layers, as
