@@ -15,6 +15,7 @@ OUT=$REPO/bench/results/readme_loopback.txt
 CONFIG=$REPO/configs/deploy-loopback.toml
 export PATH="$REPO/.venv/bin:$PATH" HF_HUB_OFFLINE=1 FLWR_TELEMETRY_ENABLED=0
 export FLWR_HOME=$WORK/flwr-home
+export FEDKT_DATA_DIR=${FEDKT_DATA_DIR-$(cd "$REPO/.." && pwd)/shared/data}  # as the Makefile
 cd "$WORK"
 exec > >(tee "$OUT") 2>&1
 pids=()
@@ -56,7 +57,8 @@ step ls "$folder" runs/client0
 step fedkt export "$folder" --which slm --out my-slm
 step python -c "from transformers import AutoModelForCausalLM as M; m = M.from_pretrained('my-slm'); print(type(m).__name__, sum(p.numel() for p in m.parameters()), 'parameters')"
 echo; echo "# the SuperNodes wait for the next run; Ctrl-C in terminals 2 and 3 stops them"
-kill -INT "${pids[1]}" "${pids[2]}"
+# (a script's background jobs ignore SIGINT: SIGTERM, which fedkt client treats as Ctrl-C)
+kill -TERM "${pids[1]}" "${pids[2]}"
 for k in 0 1; do
   timeout 60 tail --pid="${pids[$((k + 1))]}" -f /dev/null && echo "client $k stopped" || echo "client $k still running"
 done
