@@ -15,11 +15,11 @@ Which Flower pieces, and why:
   clears those arrays before the reply leaves.
 - Server: `secure_mean` runs the four stages of Flower's ``SecAggPlusWorkflow`` over
   `fedkt.federation.messaging.send_and_receive` with Flower's primitives (``combine_shares``,
-  key agreement, ``pseudo_rand_gen``, ``dequantize``). The workflow itself needs a legacy Strategy context
-  and weights by example counts; fedkt's loop is the Message API and FedCoLLM's mean is
-  uniform. Here each stage also refuses replies of another round, and the unmasking only
-  removes the pairwise masks of survivors that really added them (the workflow's loop runs
-  over every neighbour of a dropped node, dropped ones included).
+  key agreement, ``pseudo_rand_gen``, ``dequantize``). The workflow itself needs a legacy
+  Strategy context and weights by example counts; fedkt's loop is the Message API and
+  FedCoLLM's mean is uniform. Here each stage also refuses replies of another round, and the
+  unmasking only removes the pairwise masks of survivors that really added them (the
+  workflow's loop runs over every neighbour of a dropped node, dropped ones included).
 
 Uniform mean: each client gives the mod weight 1 (``max_weight`` 1), so the mod masks
 quantise(theta_k) and the weight's own slot sums to the number of survivors; the server
