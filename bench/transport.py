@@ -73,6 +73,17 @@ BUDGET = (
     "one invocation on the same load"
 )
 LINEAR_R2 = 0.95
+STDERR = (
+    "none: one run per cell (a run is minutes of 2 shared cores), so round times and memory "
+    "peaks are single measurements, indicative to about +-10 % (the TLS and plain cells, "
+    "alike by design, differ by up to 4 %); byte counts are deterministic payload sizes, and "
+    "wire bytes vary only by the heartbeats in the sampling window; the scale fit's R^2 is "
+    "over 4 single points"
+)
+TINY_STDERR = (
+    "none: one run per setting of a script check with tiny random models; not figures to cite "
+    "(bench/transport.py without --tiny gives the real ones)"
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,7 @@ def main() -> None:
     from fedkt.report import read_json, write_json
 
     report: dict[str, Any] = read_json(out) if out.is_file() else {}
+    report["standard_error"] = TINY_STDERR if args.tiny else STDERR
     report["protocol"] = _protocol(setup, args)
     began = time.perf_counter()
     if args.part in ("deploy", "all"):
