@@ -32,7 +32,7 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float = NODE_WAIT_SECONDS) -
 
 
 FIRST_PULL_SECONDS, LAST_PULL_SECONDS = 0.05, 0.5
-"""`send_and_receive` pulls after 0.05 s, then backs off by half each time to one pull per 0.5 s."""
+"""`send_and_receive` pulls after 0.05 s, each pause 1.5x the last, up to one pull per 0.5 s."""
 
 
 def send_and_receive(
