@@ -44,7 +44,7 @@ from fedkt.experiments.fdkt import (
     privacy_table,
 )
 from fedkt.experiments.harness import run_methods
-from fedkt.experiments.summary import comparisons_table, results_table
+from fedkt.experiments.summary import comparisons_table, percent_cell, results_table
 from fedkt.report import read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,19 +140,9 @@ def _write(results: dict[str, Any], seconds: float) -> None:
 def _table(methods: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{method: {slm, llm: accuracy % with its s.e. and rows, spent eps}}."""
     return {
-        name: {role: _percent(outcome.get(role)) for role in ("slm", "llm")}
+        name: {role: percent_cell(outcome.get(role), 1) for role in ("slm", "llm")}
         | {"epsilon_max": outcome.get("privacy", {}).get("epsilon_max")}
         for name, outcome in methods.items()
-    }
-
-
-def _percent(scores: dict[str, float] | None) -> dict[str, float] | None:
-    if not scores:
-        return None
-    return {
-        "acc": round(100 * scores["acc"], 1),
-        "stderr": round(100 * scores["acc_stderr"], 1),
-        "n": scores["n"],
     }
 
 

@@ -45,7 +45,7 @@ from flwr.app import MetricRecord, RecordDict
 
 from fedkt.config import Baseline, FedktConfig, load_config, with_overrides
 from fedkt.experiments import comparisons_table, results_table, run_experiment
-from fedkt.experiments.summary import headline, stderr
+from fedkt.experiments.summary import percent_cell
 from fedkt.federation import keys
 from fedkt.federation.codec import adapter_to_record, payload_bytes
 from fedkt.federation.fedcollm import broadcast_content
@@ -210,20 +210,12 @@ def _table(run: dict[str, Any]) -> dict[str, dict[str, dict[str, Cell]]]:
     """{task: {role: {method: cell}}}."""
     return {
         task: {
-            role: {name: _cell(outcome[role]) for name, outcome in entry["baselines"].items()}
+            role: {
+                name: percent_cell(outcome[role]) for name, outcome in entry["baselines"].items()
+            }
             for role in ("llm", "slm")
         }
         for task, entry in run["tasks"].items()
-    }
-
-
-def _cell(scores: dict[str, float] | None) -> Cell:
-    if scores is None:
-        return None
-    return {
-        "acc": round(100 * headline(scores), 2),
-        "stderr": round(100 * stderr(scores), 2),
-        "n": scores["n"],
     }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from fedkt.config import load_config, with_overrides
 from fedkt.experiments import run_experiment
+from fedkt.experiments.summary import percent_cell
 from fedkt.report import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,15 +68,7 @@ def _score(method: str, rows: int, lr: float, output: str) -> dict[str, Any]:
     )
     start = time.perf_counter()
     entry = run_experiment(config)["tasks"]["ag_news"]["baselines"][method]
-    scores = {
-        role: {
-            "acc": round(100 * entry[role]["acc"], 2),
-            "stderr": round(100 * entry[role]["acc_stderr"], 2),
-            "n": entry[role]["n"],
-        }
-        for role in ("llm", "slm")
-        if entry.get(role)
-    }
+    scores = {role: percent_cell(entry[role]) for role in ("llm", "slm") if entry.get(role)}
     return scores | {"rows_per_client": rows, "lr": lr, "seconds": time.perf_counter() - start}
 
 

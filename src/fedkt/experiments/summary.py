@@ -39,6 +39,18 @@ def percent(scores: dict[str, float] | None) -> str:
     return f"{100 * headline(scores):.1f} ± {100 * stderr(scores):.1f}"
 
 
+def percent_cell(scores: dict[str, float] | None, digits: int = 2) -> dict[str, float] | None:
+    """A bench's table cell: the headline metric and its standard error in points, rounded to
+    ``digits``, with the row count; None for no model."""
+    if not scores:
+        return None
+    return {
+        "acc": round(100 * headline(scores), digits),
+        "stderr": round(100 * stderr(scores), digits),
+        "n": scores["n"],
+    }
+
+
 def results_table(results: dict[str, Any]) -> str:
     """One line per task and method: LLM and SLM headline score ± s.e. in %, rows, time."""
     rows = [
